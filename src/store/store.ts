@@ -1,0 +1,318 @@
+/**
+ * The Store port: the queue operations the engine needs, and nothing about connections or
+ * transactions. Every implementation (SQLite, PostgreSQL) passes the same behaviour suite
+ * (test/store/conformance.ts) and raises the same errors with the same codes.
+ *
+ * Conventions:
+ * - Times going in are epoch milliseconds; times coming out (in views) are ISO 8601 strings.
+ * - `userId: null` means "any user" (an admin caller); otherwise a row of another user is treated as
+ *   missing, never as forbidden.
+ * - Every method that changes rows does so in one transaction; batch methods do the whole batch in one
+ *   transaction (group commit), and resolve only after it is durably committed.
+ * - JSON values (input, result, checkpoint) are passed as already-serialised strings, so the engine
+ *   controls size limits and the store never parses them on the hot path.
+ */
+import type { AgentStatus, AgentView } from '../domain/agent.js';
+import type { AgentfleetError } from '../domain/errors.js';
+import type { Priority, TaskDetail, TaskStatus, TaskView } from '../domain/task.js';
+
+/** A task ready to insert, fully resolved by the engine. */
+export interface NewTask {
+  id: string;
+  userId: string;
+  taskType: string;
+  description: string;
+  priority: Priority;
+  /** `priorityKey(priority, createdAtMs)`; leasing orders by it descending, then by insertion order. */
+  priorityKey: number;
+  /** JSON text, or null when there is no input. */
+  inputJson: string | null;
+  maxRetries: number;
+  timeoutMs: number | null;
+  idempotencyKey: string | null;
+  createdAtMs: number;
+}
+
+/** Admission limits checked inside the submit transaction. */
+export interface AdmissionLimits {
+  /** Most tasks in status `queued` (including those waiting for a retry delay). */
+  queueCapacity: number;
+  /** Most active (queued + running) tasks one user may have. */
+  maxTasksPerUser: number;
+}
+
+/** Result of one submission in a batch. */
+export type SubmitOutcome =
+  | {
+      ok: true;
+      task: TaskView /** True when an existing task with the same idempotency key was returned. */;
+      duplicate: boolean;
+    }
+  | { ok: false; error: AgentfleetError };
+
+/** What the engine asks of one lease call. */
+export interface LeaseRequest {
+  /** This process's instance id; recorded on each leased task. */
+  owner: string;
+  /** Most tasks to lease (the free execution slots). */
+  limit: number;
+  nowMs: number;
+  /** Lease length; the lease must be renewed by `heartbeat` before it runs out. */
+  leaseMs: number;
+  /** Types that must not be leased now (breaker open, or half-open with its probe in flight). */
+  excludeTypes: readonly string[];
+  /** Types of which at most this many may be leased in this call (a half-open breaker's probe = 1). */
+  typeCaps: Readonly<Record<string, number>>;
+  /**
+   * Agent policy: a task of type T from user U goes to U's least-recently-used idle agent of type T;
+   * if there is none and U has fewer than this many agents that are not retired, a new one is created;
+   * otherwise the task is skipped (it keeps its place and its attempts) and later tasks are considered.
+   */
+  maxAgentsPerUser: number;
+  /** Makes the id of an agent the store creates. */
+  newAgentId: () => string;
+}
+
+/** A task this process now holds a lease on. */
+export interface LeasedTask {
+  /** The task, already `running`, with `attempts` counting this attempt. */
+  task: TaskView;
+  /** Fencing token: every settle and checkpoint of this attempt must present it. */
+  token: string;
+  /** The agent the task runs on, already `busy`. */
+  agent: AgentView;
+  /** True when the agent was created for this task. */
+  agentCreated: boolean;
+  /** JSON text of the checkpoint saved by an earlier attempt, or null. */
+  checkpointJson: string | null;
+}
+
+/** How an attempt ended. */
+export type Settlement =
+  | { kind: 'succeeded'; resultJson: string | null }
+  /** Failed; back to `queued` to run again at `runAtMs`. `agentFault` counts toward the agent's health. */
+  | { kind: 'retry'; error: string; runAtMs: number; agentFault: boolean }
+  /** Failed with no retry left (or not retryable): terminal `failed`, kept as a dead letter. */
+  | { kind: 'failed'; error: string; agentFault: boolean }
+  /** Cancelled by its owner while running: terminal `cancelled`. */
+  | { kind: 'cancelled' }
+  /** Interrupted by this process (shutdown): back to `queued` at once, this attempt not counted. */
+  | { kind: 'released' };
+
+/** One settle in a batch. */
+export interface SettleRequest {
+  taskId: string;
+  /** The lease token from `LeasedTask.token`. */
+  token: string;
+  nowMs: number;
+  settlement: Settlement;
+}
+
+/** What happened to one settle. */
+export interface SettleResult {
+  /** False when the token was stale (the lease was lost): nothing was changed. */
+  ok: boolean;
+  /** The agent after the update (absent when `ok` is false or the task had no agent). */
+  agent?: AgentView;
+  /** True when this settle made the agent cross the unhealthy threshold. */
+  agentBecameUnhealthy: boolean;
+}
+
+/** Options that decide health transitions inside a settle. */
+export interface HealthRules {
+  /** Consecutive failures that make an agent `unhealthy`. */
+  unhealthyThreshold: number;
+}
+
+/** A task whose lease ran out and that the recovery monitor took back. */
+export interface ReclaimedTask {
+  taskId: string;
+  userId: string;
+  taskType: string;
+  agentId: string | null;
+  /** The owner whose lease expired. */
+  owner: string | null;
+  /** `queued` when it will run again, `failed` when that lost attempt was its last. */
+  status: 'queued' | 'failed';
+}
+
+/** Filters for listing tasks; all optional. */
+export interface TaskFilter {
+  userId: string | null;
+  status?: TaskStatus;
+  taskType?: string;
+  priority?: Priority;
+  /** Page size (1..500). */
+  limit: number;
+  /** Opaque cursor from a previous page's `nextCursor`. */
+  cursor?: string;
+}
+
+/** A page of tasks, newest first. */
+export interface TaskPage {
+  tasks: TaskView[];
+  /** Cursor for the next page, or null on the last page. */
+  nextCursor: string | null;
+}
+
+/** Filters for listing agents. */
+export interface AgentFilter {
+  userId: string | null;
+  status?: AgentStatus;
+  agentType?: string;
+}
+
+/** A new agent. */
+export interface NewAgent {
+  id: string;
+  userId: string;
+  agentType: string;
+  name: string;
+  createdAtMs: number;
+}
+
+/** Task counts by status (cluster-wide), optionally for one user. */
+export type StatusCounts = Record<TaskStatus, number>;
+
+/** Totals that never go down, per task type. */
+export interface TypeStats {
+  taskType: string;
+  succeeded: number;
+  failed: number;
+  cancelled: number;
+  /** Failed attempts that were retried. */
+  retried: number;
+  /** Sum and count of execution times of finished attempts that succeeded or failed. */
+  executionMsTotal: number;
+  executionCount: number;
+}
+
+/** Fleet-wide statistics for the metrics endpoint. */
+export interface FleetStats {
+  /** Agents ever created (retired ones included). */
+  totalAgentsCreated: number;
+  byType: TypeStats[];
+}
+
+/** What the recovery monitor did to unhealthy agents. */
+export interface RecoveryResult {
+  /** Agents put back on probation (`idle`, one failure from unhealthy). */
+  probation: string[];
+  /** Agents retired after too many recoveries. */
+  retired: string[];
+}
+
+/** An event kept for operators (recovery actions, breaker transitions, health changes). */
+export interface StoredEvent {
+  atMs: number;
+  kind: string;
+  userId: string | null;
+  taskId: string | null;
+  agentId: string | null;
+  data: Record<string, unknown>;
+}
+
+/** The storage port. */
+export interface Store {
+  /** A short name for logs and status: `sqlite` or `postgres`. */
+  readonly kind: string;
+
+  /** Inserts tasks in one transaction, checking admission per task in order. */
+  submitBatch(tasks: readonly NewTask[], limits: AdmissionLimits): Promise<SubmitOutcome[]>;
+
+  /** Leases up to `limit` eligible tasks in one transaction, in priority-key order (see LeaseRequest). */
+  leaseBatch(request: LeaseRequest): Promise<LeasedTask[]>;
+
+  /**
+   * Extends every lease `owner` holds to `nowMs + leaseMs`. Returns the ids of its running tasks whose
+   * owner asked to cancel them, so a cancel made through another process reaches this one.
+   */
+  heartbeat(owner: string, nowMs: number, leaseMs: number): Promise<{ cancelRequested: string[] }>;
+
+  /**
+   * Settles attempts in one transaction; each is fenced by its token (a stale token changes nothing and
+   * gives `ok: false`). Results are in request order. A `retry` of a task whose cancel was requested ends
+   * it `cancelled` instead. An agent that was retired while busy stays retired; otherwise it goes back to
+   * `idle` (or `unhealthy` when `agentFault` failures reach the threshold). Per-type totals are updated.
+   */
+  settleBatch(requests: readonly SettleRequest[], rules: HealthRules): Promise<SettleResult[]>;
+
+  /** Saves an executor's checkpoint, fenced by the token. Returns false when the lease is stale. */
+  saveCheckpoint(taskId: string, token: string, stateJson: string, nowMs: number): Promise<boolean>;
+
+  /** Takes back tasks whose lease ran out before `nowMs` (the lost attempt counts). */
+  reclaimExpired(nowMs: number): Promise<ReclaimedTask[]>;
+
+  /** Agents `busy` without a running task → `idle`. Returns their ids. */
+  resetStuckAgents(nowMs: number): Promise<string[]>;
+
+  /**
+   * Unhealthy agents that have been unhealthy for at least `cooldownMs`: those already recovered
+   * `maxRecoveries` times are retired; the others go back to `idle` on probation with
+   * `consecutive_failures = probationFailures` (so one more failure makes them unhealthy again).
+   */
+  recoverUnhealthy(
+    nowMs: number,
+    cooldownMs: number,
+    maxRecoveries: number,
+    probationFailures: number,
+  ): Promise<RecoveryResult>;
+
+  /** One task with its attempts, or null when missing or not the user's. */
+  getTask(id: string, userId: string | null): Promise<TaskDetail | null>;
+
+  /** A page of tasks, newest first. */
+  listTasks(filter: TaskFilter): Promise<TaskPage>;
+
+  /**
+   * Cancels a task: a queued one becomes `cancelled` at once; a running one is marked so its holder
+   * aborts it (`running: true`). Throws NotFoundError, or InvalidStateError when it is terminal.
+   */
+  requestCancel(
+    id: string,
+    userId: string | null,
+    nowMs: number,
+  ): Promise<{ task: TaskView; running: boolean }>;
+
+  /**
+   * Puts a `failed` task back in the queue with its attempts reset, subject to admission. Throws
+   * NotFoundError, InvalidStateError (not failed), QueueFullError or UserTaskLimitError.
+   */
+  requeueFailed(id: string, userId: string | null, nowMs: number, limits: AdmissionLimits): Promise<TaskView>;
+
+  /** Creates an agent unless the user has `maxAgentsPerUser` agents that are not retired (UserAgentLimitError). */
+  createAgent(agent: NewAgent, maxAgentsPerUser: number): Promise<AgentView>;
+
+  /** One agent, or null when missing or not the user's. */
+  getAgent(id: string, userId: string | null): Promise<AgentView | null>;
+
+  /** Agents, oldest first. */
+  listAgents(filter: AgentFilter): Promise<AgentView[]>;
+
+  /** Retires an agent (it gets no more tasks). Throws NotFoundError. */
+  retireAgent(id: string, userId: string | null, nowMs: number): Promise<AgentView>;
+
+  /** Task counts by status, cluster-wide or for one user. */
+  countTasks(userId: string | null): Promise<StatusCounts>;
+
+  /** Ids of agents that are `unhealthy`, optionally for one user. */
+  unhealthyAgentIds(userId: string | null): Promise<string[]>;
+
+  /** Agent counts by status, optionally for one user. */
+  countAgents(userId: string | null): Promise<Record<AgentStatus, number>>;
+
+  /** Totals for the metrics endpoint, optionally for one user. */
+  stats(userId: string | null): Promise<FleetStats>;
+
+  /** Earliest `run_at` after `nowMs` among queued tasks not of the excluded types, or null. */
+  nextRunAt(nowMs: number, excludeTypes: readonly string[]): Promise<number | null>;
+
+  /** Keeps events for operators. */
+  recordEvents(events: readonly StoredEvent[]): Promise<void>;
+
+  /** The most recent events, newest first. */
+  listEvents(userId: string | null, limit: number): Promise<StoredEvent[]>;
+
+  /** Closes connections and files. Idempotent. */
+  close(): Promise<void>;
+}
