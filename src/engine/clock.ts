@@ -65,6 +65,14 @@ export class ManualClock implements Clock {
   setTimer(ms: number, fn: () => void): TimerHandle {
     const timer: PendingTimer = { at: this.current + Math.max(0, ms), seq: this.seq++, fn };
     this.timers.push(timer);
+    if (ms <= 0) {
+      // Already due: fire on the next turn, as a real zero-delay timer would, without waiting for advance().
+      setImmediate(() => {
+        if (!this.timers.includes(timer)) return;
+        this.timers = this.timers.filter((t) => t !== timer);
+        timer.fn();
+      });
+    }
     return {
       cancel: () => {
         this.timers = this.timers.filter((t) => t !== timer);
@@ -99,5 +107,5 @@ export class ManualClock implements Clock {
 
 /** Lets pending promise jobs (and one turn of I/O callbacks) run. */
 async function flushMicrotasks(): Promise<void> {
-  for (let i = 0; i < 5; i++) await new Promise<void>((resolve) => setImmediate(resolve));
+  for (let i = 0; i < 20; i++) await new Promise<void>((resolve) => setImmediate(resolve));
 }

@@ -50,6 +50,11 @@ export interface AgentManagerOptions {
   readonly pollIntervalMs?: number;
   /** Identifies this process in leases; random by default. */
   readonly instanceId?: string;
+  /**
+   * Keep the Node.js process alive while the manager runs, as a worker should (true). Every internal
+   * timer is unref()ed; this one handle is what holds the process, and stop() releases it.
+   */
+  readonly keepProcessAlive?: boolean;
   /** Injected time. */
   readonly clock?: Clock;
   /** Injected randomness in [0, 1). */
@@ -82,6 +87,7 @@ export interface ResolvedOptions {
   readonly maxDescriptionLength: number;
   readonly pollIntervalMs: number;
   readonly instanceId: string | undefined;
+  readonly keepProcessAlive: boolean;
   readonly clock: Clock;
   readonly random: RandomSource;
   readonly logger: Logger;
@@ -149,6 +155,7 @@ export function resolveOptions(options: AgentManagerOptions = {}): ResolvedOptio
   return {
     ...numbers,
     instanceId: options.instanceId,
+    keepProcessAlive: options.keepProcessAlive ?? true,
     clock: options.clock ?? systemClock,
     random: options.random ?? Math.random,
     logger: options.logger ?? silentLogger,

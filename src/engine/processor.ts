@@ -1,0 +1,431 @@
+import { retryDelayMs } from '../domain/backoff.js';
+import type { TimerHandle } from '../domain/clock.js';
+import {
+  describeError,
+  isAgentfleetError,
+  isRetryable,
+  ShutdownError,
+  TaskCancelledError,
+  TaskFailedError,
+  TaskTimeoutError,
+} from '../domain/errors.js';
+import { newId } from '../domain/ids.js';
+import type { Executor } from '../executors/executor.js';
+import type { LeasedTask, Settlement, SettleRequest, SettleResult, Store } from '../store/store.js';
+import type { BackpressureManager } from './backpressure.js';
+import { Batcher } from './batcher.js';
+import type { CircuitBreakers } from './breaker.js';
+import type { CheckpointManager } from './checkpoints.js';
+import type { EventBus, FleetEventType } from './events.js';
+import type { ResolvedOptions } from './options.js';
+
+/** An executor and the time limit of its type. */
+export interface ExecutorBinding {
+  executor: Executor;
+  timeoutMs?: number;
+}
+
+/** What the processor needs from the manager. */
+export interface ProcessorDeps {
+  store: Store;
+  options: ResolvedOptions;
+  instanceId: string;
+  slots: BackpressureManager;
+  breakers: CircuitBreakers;
+  checkpoints: CheckpointManager;
+  events: EventBus;
+  executorFor: (taskType: string) => ExecutorBinding | undefined;
+}
+
+interface RunningTask {
+  controller: AbortController;
+  token: string;
+  done: Promise<void>;
+}
+
+const SETTLE_EVENT: Record<Settlement['kind'], FleetEventType> = {
+  succeeded: 'task.succeeded',
+  retry: 'task.retrying',
+  failed: 'task.failed',
+  cancelled: 'task.cancelled',
+  released: 'task.released',
+};
+
+/**
+ * The QueueProcessor: one loop per process that reserves slots, respects the breakers, leases a batch
+ * in priority order and runs each task on its agent, then settles the attempt (group-committed).
+ *
+ * Wake-ups are event-driven: a submit, a freed slot, the next `run_at` of a delayed retry and the next
+ * breaker half-open time each wake the loop; a slow safety poll (`pollIntervalMs`) picks up work other
+ * processes queued. Nothing ever sleeps in memory for a retry: retries are rows with a future `run_at`.
+ */
+export class QueueProcessor {
+  private readonly running = new Map<string, RunningTask>();
+  private readonly settler: Batcher<SettleRequest, SettleResult>;
+  private leasing = false;
+  private loopDone: Promise<void> | null = null;
+  private wakePending = false;
+  private wakeWaiter: (() => void) | null = null;
+  private heartbeatTimer: TimerHandle | null = null;
+  private heartbeatRun: Promise<void> = Promise.resolve();
+
+  constructor(private readonly deps: ProcessorDeps) {
+    this.settler = new Batcher((requests) =>
+      deps.store.settleBatch(requests, { unhealthyThreshold: deps.options.healthUnhealthyThreshold }),
+    );
+    deps.slots.onRelease(() => this.wake());
+  }
+
+  /** Tasks running in this process now. */
+  get runningCount(): number {
+    return this.running.size;
+  }
+
+  /** Starts the lease loop and the lease heartbeat. */
+  start(): void {
+    if (this.leasing) return;
+    this.leasing = true;
+    this.loopDone = this.loop();
+    this.scheduleHeartbeat();
+  }
+
+  /** Asks the loop to look for work now. Safe to call any time, from anywhere. */
+  wake(): void {
+    this.wakePending = true;
+    const waiter = this.wakeWaiter;
+    this.wakeWaiter = null;
+    waiter?.();
+  }
+
+  /** Stops leasing new tasks; running ones go on. Resolves when the loop has exited. */
+  async stopLeasing(): Promise<void> {
+    this.leasing = false;
+    this.wake();
+    await this.loopDone;
+  }
+
+  /** Resolves when no task is running, or after `timeoutMs`; returns whether all finished. */
+  async waitForRunning(timeoutMs: number): Promise<boolean> {
+    if (this.running.size === 0) return true;
+    const all = Promise.all([...this.running.values()].map((r) => r.done)).then(() => true);
+    const controller = new AbortController();
+    const timeout = this.deps.options.clock.sleep(timeoutMs, controller.signal).then(
+      () => false,
+      () => false,
+    );
+    const finished = await Promise.race([all, timeout]);
+    controller.abort();
+    return finished;
+  }
+
+  /** Interrupts every running attempt with `reason` and waits until each has settled. */
+  async abortAll(reason: Error): Promise<void> {
+    const running = [...this.running.values()];
+    for (const task of running) task.controller.abort(reason);
+    await Promise.all(running.map((r) => r.done));
+  }
+
+  /** Cancels a task this process runs; returns false when it does not run it. */
+  cancelLocal(taskId: string): boolean {
+    const task = this.running.get(taskId);
+    if (!task) return false;
+    task.controller.abort(new TaskCancelledError());
+    return true;
+  }
+
+  /** Stops the heartbeat and waits for settles in flight. Call after every task has settled. */
+  async close(): Promise<void> {
+    this.heartbeatTimer?.cancel();
+    this.heartbeatTimer = null;
+    await this.heartbeatRun;
+    await this.settler.idle();
+  }
+
+  private async loop(): Promise<void> {
+    const { store, options, slots, breakers, instanceId } = this.deps;
+    const { logger, clock } = options;
+    let failures = 0;
+    while (this.leasing) {
+      this.wakePending = false;
+      let leasedAll = false;
+      if (slots.available > 0) {
+        const reserved = slots.reserve(slots.available);
+        const { excludeTypes, typeCaps } = breakers.leaseConstraints();
+        let leased: LeasedTask[] = [];
+        try {
+          leased = await store.leaseBatch({
+            owner: instanceId,
+            limit: reserved,
+            nowMs: clock.now(),
+            leaseMs: options.leaseMs,
+            excludeTypes,
+            typeCaps,
+            maxAgentsPerUser: options.maxAgentsPerUser,
+            newAgentId: () => newId('agent_', clock.now()),
+          });
+          failures = 0;
+        } catch (error) {
+          failures++;
+          logger.error({ err: error, failures }, 'leasing failed; retrying');
+        } finally {
+          // Unused reservations go back without waking the loop (it is about to wait anyway).
+          slots.releaseQuietly(reserved - leased.length);
+        }
+        for (const task of leased) this.begin(task);
+        leasedAll = leased.length === reserved && reserved > 0;
+        if (failures > 0) {
+          await this.waitForWake(Math.min(options.pollIntervalMs * 2 ** Math.min(failures, 5), 30_000));
+          continue;
+        }
+      }
+      if (leasedAll) {
+        // A full batch means more may be waiting: go again, but yield so settles and submits interleave.
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        continue;
+      }
+      if (!this.leasing) break;
+      await this.waitForWake((await this.nextWakeAt()) - clock.now());
+    }
+  }
+
+  /** When the loop must look again: the next delayed retry, breaker half-open, or the safety poll. */
+  private async nextWakeAt(): Promise<number> {
+    const { store, options, breakers } = this.deps;
+    const now = options.clock.now();
+    let at = now + options.pollIntervalMs;
+    const breakerAt = breakers.nextTransitionAtMs();
+    if (breakerAt !== null) at = Math.min(at, breakerAt);
+    if (this.deps.slots.available > 0) {
+      try {
+        const runAt = await store.nextRunAt(now, breakers.leaseConstraints().excludeTypes);
+        if (runAt !== null) at = Math.min(at, runAt);
+      } catch (error) {
+        options.logger.warn({ err: error }, 'could not read the next run time');
+      }
+    }
+    return at;
+  }
+
+  private waitForWake(delayMs: number): Promise<void> {
+    if (this.wakePending || !this.leasing) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = this.deps.options.clock.setTimer(delayMs, () => {
+        if (this.wakeWaiter === done) this.wakeWaiter = null;
+        resolve();
+      });
+      const done = () => {
+        timer.cancel();
+        resolve();
+      };
+      this.wakeWaiter = done;
+    });
+  }
+
+  /** Starts one leased task; its slot is already held and is released when it settles. */
+  private begin(leased: LeasedTask): void {
+    const controller = new AbortController();
+    const entry: RunningTask = { controller, token: leased.token, done: Promise.resolve() };
+    this.running.set(leased.task.id, entry);
+    entry.done = this.execute(leased, controller);
+  }
+
+  private async execute(leased: LeasedTask, controller: AbortController): Promise<void> {
+    const { options, breakers, checkpoints, events } = this.deps;
+    const { clock, logger } = options;
+    const { task, token, agent } = leased;
+    breakers.recordLeased(task.task_type, task.id);
+    events.emit({
+      type: 'task.started',
+      at: new Date(clock.now()).toISOString(),
+      user_id: task.user_id,
+      task_id: task.id,
+      agent_id: agent.id,
+      task_type: task.task_type,
+      data: { attempt: task.attempts },
+    });
+    if (leased.agentCreated) {
+      events.emit({
+        type: 'agent.created',
+        at: new Date(clock.now()).toISOString(),
+        user_id: agent.user_id,
+        agent_id: agent.id,
+        task_type: agent.agent_type,
+      });
+    }
+    const binding = this.deps.executorFor(task.task_type);
+    const timeoutMs = task.timeout_ms ?? binding?.timeoutMs ?? options.defaultTimeoutMs;
+    const timer = clock.setTimer(timeoutMs, () => controller.abort(new TaskTimeoutError(timeoutMs)));
+    let settlement: Settlement;
+    try {
+      if (!binding) throw new TaskFailedError(`no executor is configured for task type ${task.task_type}`);
+      const result = await runAbortable(
+        () =>
+          binding.executor.run(task, {
+            signal: controller.signal,
+            attempt: task.attempts,
+            lastCheckpoint: checkpoints.parse(leased.checkpointJson),
+            checkpoint: async (state) => {
+              try {
+                await checkpoints.save(task.id, token, state, clock.now());
+              } catch (error) {
+                if (isAgentfleetError(error, 'stale_lease')) controller.abort(error);
+                throw error;
+              }
+            },
+            log: (message, data) =>
+              logger.info({ ...data, task_id: task.id, attempt: task.attempts, agent_id: agent.id }, message),
+          }),
+        controller.signal,
+      );
+      settlement = {
+        kind: 'succeeded',
+        resultJson: result === undefined ? null : checkpoints.serialize('result', result),
+      };
+    } catch (thrown) {
+      const error = controller.signal.aborted ? (controller.signal.reason as unknown) : thrown;
+      settlement = this.classify(leased, error);
+    } finally {
+      timer.cancel();
+    }
+    this.recordBreaker(leased, settlement);
+    try {
+      const result = await this.settler.push({ taskId: task.id, token, nowMs: clock.now(), settlement });
+      this.report(leased, settlement, result);
+    } catch (error) {
+      // The store is unreachable: the lease will run out and the recovery monitor takes the task back.
+      logger.error({ err: error, task_id: task.id }, 'could not settle an attempt; its lease will expire');
+    } finally {
+      this.running.delete(task.id);
+      this.deps.slots.release(1);
+    }
+  }
+
+  /** Decides what a failed or interrupted attempt becomes. */
+  private classify(leased: LeasedTask, error: unknown): Settlement {
+    const { options } = this.deps;
+    const { task } = leased;
+    if (error instanceof TaskCancelledError) return { kind: 'cancelled' };
+    if (error instanceof ShutdownError) return { kind: 'released' };
+    const message = describeError(error);
+    const retryable = isRetryable(error);
+    // A non-retryable failure is the task's fault (bad input, a 4xx), not the agent's or the provider's.
+    const agentFault = retryable;
+    if (retryable && task.attempts <= task.max_retries) {
+      const backoffMs = retryDelayMs(
+        task.attempts,
+        {
+          initialDelayMs: options.retryInitialDelayMs,
+          maxDelayMs: options.retryMaxDelayMs,
+          multiplier: options.retryMultiplier,
+          jitter: options.retryJitter,
+        },
+        options.random,
+      );
+      const askedMs = isAgentfleetError(error) ? (error.retryAfterMs ?? 0) : 0;
+      return {
+        kind: 'retry',
+        error: message,
+        runAtMs: options.clock.now() + Math.max(backoffMs, askedMs),
+        agentFault,
+      };
+    }
+    return { kind: 'failed', error: message, agentFault };
+  }
+
+  private recordBreaker(leased: LeasedTask, settlement: Settlement): void {
+    const { breakers } = this.deps;
+    const { task_type: type, id } = leased.task;
+    if (settlement.kind === 'succeeded') breakers.recordSuccess(type, id);
+    else if ((settlement.kind === 'retry' || settlement.kind === 'failed') && settlement.agentFault) {
+      breakers.recordFailure(type, id);
+    } else breakers.recordAbandoned(type, id);
+  }
+
+  private report(leased: LeasedTask, settlement: Settlement, result: SettleResult): void {
+    const { events, options } = this.deps;
+    const { task, agent } = leased;
+    const at = new Date(options.clock.now()).toISOString();
+    if (!result.ok) {
+      options.logger.warn(
+        { task_id: task.id, attempt: task.attempts },
+        'attempt settled after its lease was lost; ignored',
+      );
+      return;
+    }
+    const data: Record<string, unknown> = { attempt: task.attempts };
+    if (settlement.kind === 'retry') data.run_at = new Date(settlement.runAtMs).toISOString();
+    if (settlement.kind === 'retry' || settlement.kind === 'failed') data.error = settlement.error;
+    events.emit({
+      type: SETTLE_EVENT[settlement.kind],
+      at,
+      user_id: task.user_id,
+      task_id: task.id,
+      agent_id: agent.id,
+      task_type: task.task_type,
+      data,
+    });
+    if (result.agentBecameUnhealthy) {
+      options.logger.warn({ agent_id: agent.id, task_type: agent.agent_type }, 'agent is unhealthy');
+      events.emit({
+        type: 'agent.unhealthy',
+        at,
+        user_id: agent.user_id,
+        agent_id: agent.id,
+        task_type: agent.agent_type,
+        data: { consecutive_failures: result.agent?.health.consecutive_failures ?? null },
+      });
+    }
+  }
+
+  /** One timer renews every lease this process holds, every third of the lease length. */
+  private scheduleHeartbeat(): void {
+    const { options } = this.deps;
+    this.heartbeatTimer = options.clock.setTimer(Math.max(1, Math.floor(options.leaseMs / 3)), () => {
+      this.heartbeatRun = this.heartbeat().finally(() => {
+        if (this.heartbeatTimer) this.scheduleHeartbeat();
+      });
+    });
+  }
+
+  private async heartbeat(): Promise<void> {
+    if (this.running.size === 0) return;
+    const { store, options, instanceId } = this.deps;
+    try {
+      const { cancelRequested } = await store.heartbeat(instanceId, options.clock.now(), options.leaseMs);
+      for (const id of cancelRequested) this.cancelLocal(id);
+    } catch (error) {
+      options.logger.error({ err: error }, 'lease heartbeat failed');
+    }
+  }
+}
+
+/**
+ * Runs an executor call but settles as soon as `signal` aborts, so an executor that ignores its signal
+ * cannot hold a slot past a cancel, a timeout or the drain deadline.
+ */
+function runAbortable<T>(run: () => Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    if (signal.aborted) {
+      onAbort();
+      return;
+    }
+    signal.addEventListener('abort', onAbort, { once: true });
+    let call: Promise<T>;
+    try {
+      call = Promise.resolve(run());
+    } catch (error) {
+      call = Promise.reject(error);
+    }
+    call.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}

@@ -1,0 +1,17 @@
+import { SqliteStore } from './sqlite.js';
+import type { Store } from './store.js';
+
+/** Default SQLite file, relative to the working directory. */
+export const DEFAULT_DATABASE = './data/agentfleet.db';
+
+/**
+ * Opens the store a `database` setting names: a `postgres://` or `postgresql://` URL selects
+ * PostgreSQL, anything else is a SQLite file path (created with its folder when missing).
+ */
+export async function openStore(database: string = DEFAULT_DATABASE): Promise<Store> {
+  if (/^postgres(ql)?:\/\//i.test(database)) {
+    const { PostgresStore } = await import('./postgres.js');
+    return PostgresStore.connect(database);
+  }
+  return SqliteStore.open(database);
+}

@@ -1,0 +1,126 @@
+/**
+ * Schema migrations of the SQLite store. Numbered, applied in order, one transaction each, recorded in
+ * `schema_migrations`. A migration is never edited after it lands: a change is a new, higher number.
+ *
+ * Conventions: times are integer epoch milliseconds; JSON values are stored as text and parsed only
+ * when a view is built; `seq` columns are insertion order (FIFO ties, cursors, "oldest first").
+ */
+
+/** One schema change. */
+export interface SqliteMigration {
+  readonly version: number;
+  readonly name: string;
+  readonly sql: string;
+}
+
+/** Every migration, in version order. Append only. */
+export const SQLITE_MIGRATIONS: readonly SqliteMigration[] = [
+  {
+    version: 1,
+    name: 'initial schema',
+    sql: `
+CREATE TABLE tasks (
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  user_id TEXT NOT NULL,
+  task_type TEXT NOT NULL,
+  description TEXT NOT NULL,
+  priority TEXT NOT NULL CHECK (priority IN ('urgent', 'high', 'medium', 'low')),
+  priority_key INTEGER NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+  attempts INTEGER NOT NULL DEFAULT 0,
+  max_retries INTEGER NOT NULL,
+  timeout_ms INTEGER,
+  agent_id TEXT,
+  input_json TEXT,
+  result_json TEXT,
+  error TEXT,
+  checkpoint_json TEXT,
+  checkpoint_at INTEGER,
+  idempotency_key TEXT,
+  cancel_requested INTEGER NOT NULL DEFAULT 0,
+  created_at INTEGER NOT NULL,
+  started_at INTEGER,
+  finished_at INTEGER,
+  run_at INTEGER NOT NULL,
+  lease_owner TEXT,
+  lease_token TEXT,
+  lease_expires_at INTEGER
+);
+-- The lease scan: queued tasks by priority key, FIFO on ties. Partial, so it only holds the queue.
+CREATE INDEX tasks_lease_order ON tasks (priority_key DESC, seq) WHERE status = 'queued';
+-- Retry delays: the earliest future run_at (nextRunAt).
+CREATE INDEX tasks_queued_run_at ON tasks (run_at) WHERE status = 'queued';
+-- Heartbeats and reclaim touch only running tasks.
+CREATE INDEX tasks_running_owner ON tasks (lease_owner) WHERE status = 'running';
+CREATE INDEX tasks_running_expiry ON tasks (lease_expires_at) WHERE status = 'running';
+-- Per-user admission counts and listing newest first.
+CREATE INDEX tasks_user_status ON tasks (user_id, status);
+CREATE INDEX tasks_user_seq ON tasks (user_id, seq);
+CREATE INDEX tasks_status ON tasks (status);
+CREATE UNIQUE INDEX tasks_idempotency ON tasks (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+
+CREATE TABLE attempts (
+  id INTEGER PRIMARY KEY,
+  task_id TEXT NOT NULL REFERENCES tasks (id),
+  attempt INTEGER NOT NULL,
+  agent_id TEXT,
+  lease_owner TEXT,
+  started_at INTEGER NOT NULL,
+  finished_at INTEGER,
+  outcome TEXT NOT NULL CHECK (outcome IN ('running', 'succeeded', 'failed', 'cancelled', 'released', 'lost')),
+  error TEXT,
+  execution_ms INTEGER
+);
+CREATE INDEX attempts_task ON attempts (task_id, id);
+
+CREATE TABLE agents (
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  user_id TEXT NOT NULL,
+  agent_type TEXT NOT NULL,
+  name TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('idle', 'busy', 'unhealthy', 'retired')),
+  created_at INTEGER NOT NULL,
+  last_used_at INTEGER,
+  current_task_id TEXT,
+  total_executions INTEGER NOT NULL DEFAULT 0,
+  successful_executions INTEGER NOT NULL DEFAULT 0,
+  consecutive_failures INTEGER NOT NULL DEFAULT 0,
+  last_success_at INTEGER,
+  last_failure_at INTEGER,
+  unhealthy_since INTEGER,
+  recoveries INTEGER NOT NULL DEFAULT 0,
+  retired_at INTEGER
+);
+-- Agent selection: the user's least-recently-used idle agent of a type.
+CREATE INDEX agents_pick ON agents (user_id, agent_type, status, last_used_at);
+CREATE INDEX agents_status ON agents (status);
+
+-- Totals that never go down, per user and type, updated inside the settling transaction.
+CREATE TABLE type_stats (
+  user_id TEXT NOT NULL,
+  task_type TEXT NOT NULL,
+  succeeded INTEGER NOT NULL DEFAULT 0,
+  failed INTEGER NOT NULL DEFAULT 0,
+  cancelled INTEGER NOT NULL DEFAULT 0,
+  retried INTEGER NOT NULL DEFAULT 0,
+  execution_ms_total INTEGER NOT NULL DEFAULT 0,
+  execution_count INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (user_id, task_type)
+);
+
+CREATE TABLE events (
+  id INTEGER PRIMARY KEY,
+  at_ms INTEGER NOT NULL,
+  kind TEXT NOT NULL,
+  user_id TEXT,
+  task_id TEXT,
+  agent_id TEXT,
+  data_json TEXT NOT NULL
+);
+CREATE INDEX events_recent ON events (at_ms, id);
+CREATE INDEX events_user ON events (user_id, at_ms, id);
+`,
+  },
+];

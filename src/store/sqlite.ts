@@ -1,0 +1,1099 @@
+/**
+ * The embedded default store: one SQLite file through better-sqlite3 (synchronous), WAL journal,
+ * `synchronous = FULL` so an acknowledged write is committed and fsync'd. Every method that changes
+ * rows runs in one `BEGIN IMMEDIATE` transaction, which takes the write lock up front: two processes
+ * (or two instances) on the same file serialise instead of failing half-way with SQLITE_BUSY.
+ *
+ * All SQL of the store lives here and in sqlite-migrations.ts. Statements are prepared once.
+ */
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { AGENT_STATUSES, type AgentStatus, type AgentView } from '../domain/agent.js';
+import {
+  AgentfleetError,
+  InvalidStateError,
+  NotFoundError,
+  QueueFullError,
+  StoreUnavailableError,
+  UserAgentLimitError,
+  UserTaskLimitError,
+  ValidationError,
+} from '../domain/errors.js';
+import {
+  type AttemptView,
+  type Priority,
+  TASK_STATUSES,
+  type TaskDetail,
+  type TaskStatus,
+  type TaskView,
+} from '../domain/task.js';
+import { SQLITE_MIGRATIONS } from './sqlite-migrations.js';
+import type {
+  AdmissionLimits,
+  AgentFilter,
+  FleetStats,
+  HealthRules,
+  LeasedTask,
+  LeaseRequest,
+  NewAgent,
+  NewTask,
+  ReclaimedTask,
+  RecoveryResult,
+  SettleRequest,
+  SettleResult,
+  StatusCounts,
+  Store,
+  StoredEvent,
+  SubmitOutcome,
+  TaskFilter,
+  TaskPage,
+  TypeStats,
+} from './store.js';
+
+/** Options of `SqliteStore.open`. */
+export interface SqliteStoreOptions {
+  /** `full` (default): a commit is fsync'd before it is acknowledged. `normal`: faster, may lose the last commits on power loss. */
+  synchronous?: 'full' | 'normal';
+}
+
+/** Rows the lease scan reads per query; small pages keep a scan of a long, mostly blocked queue cheap. */
+const LEASE_PAGE = 128;
+/**
+ * Most queued rows one lease call looks at. Skipped rows (users at their agent limit, capped types)
+ * cost a read each; the bound keeps one poll from scanning an unbounded backlog. It covers the default
+ * queue capacity (2000) several times over, so with default settings every queued task is considered.
+ */
+const LEASE_SCAN_MIN = 10_000;
+/** SQLite error codes that mean "another writer held the lock too long", not a bug. */
+const BUSY_CODES = new Set(['SQLITE_BUSY', 'SQLITE_BUSY_SNAPSHOT', 'SQLITE_LOCKED']);
+
+type Params = Record<string, string | number | null>;
+type Stmt = Database.Statement<unknown[], unknown>;
+
+interface TaskRow {
+  seq: number;
+  id: string;
+  user_id: string;
+  task_type: string;
+  description: string;
+  priority: Priority;
+  priority_key: number;
+  status: TaskStatus;
+  attempts: number;
+  max_retries: number;
+  timeout_ms: number | null;
+  agent_id: string | null;
+  input_json: string | null;
+  result_json: string | null;
+  error: string | null;
+  checkpoint_json: string | null;
+  idempotency_key: string | null;
+  cancel_requested: number;
+  created_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  run_at: number;
+  lease_owner: string | null;
+  lease_token: string | null;
+  lease_expires_at: number | null;
+}
+
+interface AttemptRow {
+  id: number;
+  attempt: number;
+  agent_id: string | null;
+  started_at: number;
+  finished_at: number | null;
+  outcome: AttemptView['outcome'];
+  error: string | null;
+}
+
+interface AgentRow {
+  seq: number;
+  id: string;
+  user_id: string;
+  agent_type: string;
+  name: string;
+  status: AgentStatus;
+  created_at: number;
+  last_used_at: number | null;
+  current_task_id: string | null;
+  total_executions: number;
+  successful_executions: number;
+  consecutive_failures: number;
+  last_success_at: number | null;
+  last_failure_at: number | null;
+  unhealthy_since: number | null;
+  recoveries: number;
+}
+
+interface TypeStatsRow {
+  task_type: string;
+  succeeded: number;
+  failed: number;
+  cancelled: number;
+  retried: number;
+  execution_ms_total: number;
+  execution_count: number;
+}
+
+interface EventRow {
+  at_ms: number;
+  kind: string;
+  user_id: string | null;
+  task_id: string | null;
+  agent_id: string | null;
+  data_json: string;
+}
+
+/** Increments of one row of `type_stats`. */
+interface StatsDelta {
+  succeeded?: number;
+  failed?: number;
+  cancelled?: number;
+  retried?: number;
+  executionMs?: number;
+}
+
+const TASK_UPDATE_SQL = `UPDATE tasks SET status = @status, attempts = @attempts, run_at = @run_at, error = @error,
+  result_json = @result_json, finished_at = @finished_at, cancel_requested = @cancel_requested,
+  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE seq = @seq`;
+
+const AGENT_UPDATE_SQL = `UPDATE agents SET status = @status, current_task_id = @current_task_id,
+  total_executions = @total_executions, successful_executions = @successful_executions,
+  consecutive_failures = @consecutive_failures, last_success_at = @last_success_at,
+  last_failure_at = @last_failure_at, unhealthy_since = @unhealthy_since, recoveries = @recoveries
+  WHERE seq = @seq`;
+
+const USER_FILTER = '(@user IS NULL OR user_id = @user)';
+
+function iso(ms: number | null): string | null {
+  return ms === null ? null : new Date(ms).toISOString();
+}
+
+function parseJson(text: string | null): unknown {
+  return text === null ? null : JSON.parse(text);
+}
+
+function toTaskView(row: TaskRow): TaskView {
+  return {
+    id: row.id,
+    task_type: row.task_type,
+    description: row.description,
+    priority: row.priority,
+    status: row.status,
+    attempts: row.attempts,
+    max_retries: row.max_retries,
+    agent_id: row.agent_id,
+    created_at: new Date(row.created_at).toISOString(),
+    started_at: iso(row.started_at),
+    finished_at: iso(row.finished_at),
+    run_at: new Date(row.run_at).toISOString(),
+    result: parseJson(row.result_json),
+    error: row.error,
+    checkpoint: parseJson(row.checkpoint_json),
+    idempotency_key: row.idempotency_key,
+    input: parseJson(row.input_json),
+    timeout_ms: row.timeout_ms,
+    user_id: row.user_id,
+  };
+}
+
+function toAgentView(row: AgentRow): AgentView {
+  return {
+    id: row.id,
+    agent_type: row.agent_type,
+    name: row.name,
+    status: row.status,
+    created_at: new Date(row.created_at).toISOString(),
+    user_id: row.user_id,
+    current_task_id: row.current_task_id,
+    recoveries: row.recoveries,
+    health: {
+      total_executions: row.total_executions,
+      successful_executions: row.successful_executions,
+      consecutive_failures: row.consecutive_failures,
+      last_success_at: iso(row.last_success_at),
+      last_failure_at: iso(row.last_failure_at),
+    },
+  };
+}
+
+function toAttemptView(row: AttemptRow): AttemptView {
+  return {
+    attempt: row.attempt,
+    agent_id: row.agent_id,
+    started_at: new Date(row.started_at).toISOString(),
+    finished_at: iso(row.finished_at),
+    outcome: row.outcome,
+    error: row.error,
+  };
+}
+
+function encodeCursor(seq: number): string {
+  return Buffer.from(`s${seq}`, 'utf8').toString('base64url');
+}
+
+function decodeCursor(cursor: string): number {
+  const text = Buffer.from(cursor, 'base64url').toString('utf8');
+  const match = /^s(\d{1,15})$/.exec(text);
+  if (!match?.[1]) throw new ValidationError('cursor', 'not a cursor returned by a previous page');
+  return Number(match[1]);
+}
+
+function errorCode(error: unknown): string | undefined {
+  if (typeof error === 'object' && error !== null && 'code' in error) {
+    const code = (error as { code: unknown }).code;
+    return typeof code === 'string' ? code : undefined;
+  }
+  return undefined;
+}
+
+/**
+ * Every statement of the store, by operation. Named parameters (`@name`) are bound from objects;
+ * `@user` NULL means "any user" (an admin caller).
+ */
+const SQL = {
+  taskById: `SELECT * FROM tasks WHERE id = @id AND ${USER_FILTER}`,
+  taskBySeq: 'SELECT * FROM tasks WHERE seq = @seq',
+  taskByKey: 'SELECT * FROM tasks WHERE user_id = @user AND idempotency_key = @key',
+  insertTask: `INSERT INTO tasks (id, user_id, task_type, description, priority, priority_key, status, max_retries,
+      timeout_ms, input_json, idempotency_key, created_at, run_at)
+      VALUES (@id, @user_id, @task_type, @description, @priority, @priority_key, 'queued', @max_retries,
+      @timeout_ms, @input_json, @idempotency_key, @created_at, @created_at)`,
+  countQueued: "SELECT COUNT(*) AS n FROM tasks WHERE status = 'queued'",
+  countUserActive:
+    "SELECT COUNT(*) AS n FROM tasks WHERE user_id = @user AND status IN ('queued', 'running')",
+  // One page of the lease scan: keyset pagination after (@key, @seq) along the partial lease index;
+  // excluded types come as a JSON array so one prepared statement serves any list.
+  leaseCandidates: `SELECT * FROM tasks WHERE status = 'queued' AND run_at <= @now
+      AND task_type NOT IN (SELECT value FROM json_each(@exclude))
+      AND (priority_key < @key OR (priority_key = @key AND seq > @seq))
+      ORDER BY priority_key DESC, seq ASC LIMIT @page`,
+  leaseTask: `UPDATE tasks SET status = 'running', attempts = attempts + 1, agent_id = @agent_id, started_at = @now,
+      finished_at = NULL, lease_owner = @owner, lease_token = @token, lease_expires_at = @expires WHERE seq = @seq`,
+  insertAttempt: `INSERT INTO attempts (task_id, attempt, agent_id, lease_owner, started_at, outcome)
+      VALUES (@task_id, @attempt, @agent_id, @owner, @now, 'running')`,
+  runningAttempt:
+    "SELECT * FROM attempts WHERE task_id = @task_id AND outcome = 'running' ORDER BY id DESC LIMIT 1",
+  finishAttempt:
+    'UPDATE attempts SET finished_at = @now, outcome = @outcome, error = @error, execution_ms = @execution_ms WHERE id = @id',
+  attemptsOf: 'SELECT * FROM attempts WHERE task_id = @task_id ORDER BY id',
+  pickAgent: `SELECT * FROM agents WHERE user_id = @user AND agent_type = @type AND status = 'idle'
+      ORDER BY last_used_at ASC NULLS FIRST, created_at ASC, seq ASC LIMIT 1`,
+  countUserAgents: "SELECT COUNT(*) AS n FROM agents WHERE user_id = @user AND status <> 'retired'",
+  countUserAgentsOfType: 'SELECT COUNT(*) AS n FROM agents WHERE user_id = @user AND agent_type = @type',
+  insertAgent: `INSERT INTO agents (id, user_id, agent_type, name, status, created_at)
+      VALUES (@id, @user_id, @agent_type, @name, 'idle', @created_at)`,
+  agentById: `SELECT * FROM agents WHERE id = @id AND ${USER_FILTER}`,
+  occupyAgent:
+    "UPDATE agents SET status = 'busy', current_task_id = @task_id, last_used_at = @now WHERE seq = @seq",
+  updateAgent: AGENT_UPDATE_SQL,
+  // Fencing: only the holder of the current lease token can settle a running task.
+  taskForSettle: "SELECT * FROM tasks WHERE id = @id AND status = 'running' AND lease_token = @token",
+  updateTask: TASK_UPDATE_SQL,
+  heartbeat: `UPDATE tasks SET lease_expires_at = @expires WHERE status = 'running' AND lease_owner = @owner`,
+  cancelRequestedOf:
+    "SELECT id FROM tasks WHERE status = 'running' AND lease_owner = @owner AND cancel_requested = 1 ORDER BY seq",
+  saveCheckpoint: `UPDATE tasks SET checkpoint_json = @state, checkpoint_at = @now
+      WHERE id = @id AND status = 'running' AND lease_token = @token`,
+  expired: "SELECT * FROM tasks WHERE status = 'running' AND lease_expires_at < @now ORDER BY seq",
+  // Busy agents whose recorded task is not running on them (a crash between writes, a manual edit).
+  stuckAgents: `SELECT * FROM agents a WHERE a.status = 'busy' AND NOT EXISTS (SELECT 1 FROM tasks t
+      WHERE t.id = a.current_task_id AND t.status = 'running' AND t.agent_id = a.id) ORDER BY a.seq`,
+  freeAgent: "UPDATE agents SET status = 'idle', current_task_id = NULL WHERE seq = @seq",
+  cooledDown: "SELECT * FROM agents WHERE status = 'unhealthy' AND unhealthy_since <= @since ORDER BY seq",
+  retireAgent: "UPDATE agents SET status = 'retired', retired_at = @now WHERE seq = @seq",
+  probation: `UPDATE agents SET status = 'idle', current_task_id = NULL, unhealthy_since = NULL,
+      recoveries = recoveries + 1, consecutive_failures = @failures WHERE seq = @seq`,
+  listTasks: `SELECT * FROM tasks WHERE ${USER_FILTER} AND (@status IS NULL OR status = @status)
+      AND (@type IS NULL OR task_type = @type) AND (@priority IS NULL OR priority = @priority)
+      AND seq < @before ORDER BY seq DESC LIMIT @limit`,
+  cancelQueued: `UPDATE tasks SET status = 'cancelled', cancel_requested = 1, finished_at = @now,
+      lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE seq = @seq`,
+  markCancel: 'UPDATE tasks SET cancel_requested = 1 WHERE seq = @seq',
+  requeue: `UPDATE tasks SET status = 'queued', attempts = 0, run_at = @now, agent_id = NULL, started_at = NULL,
+      finished_at = NULL, cancel_requested = 0 WHERE seq = @seq`,
+  listAgents: `SELECT * FROM agents WHERE ${USER_FILTER} AND (@status IS NULL OR status = @status)
+      AND (@type IS NULL OR agent_type = @type) ORDER BY created_at, seq`,
+  countTasks: `SELECT status, COUNT(*) AS n FROM tasks WHERE ${USER_FILTER} GROUP BY status`,
+  countAgents: `SELECT status, COUNT(*) AS n FROM agents WHERE ${USER_FILTER} GROUP BY status`,
+  unhealthyIds: `SELECT id FROM agents WHERE status = 'unhealthy' AND ${USER_FILTER} ORDER BY seq`,
+  agentsCreated: `SELECT COUNT(*) AS n FROM agents WHERE ${USER_FILTER}`,
+  typeStats: `SELECT task_type, SUM(succeeded) AS succeeded, SUM(failed) AS failed, SUM(cancelled) AS cancelled,
+      SUM(retried) AS retried, SUM(execution_ms_total) AS execution_ms_total, SUM(execution_count) AS execution_count
+      FROM type_stats WHERE ${USER_FILTER} GROUP BY task_type ORDER BY task_type`,
+  bumpStats: `INSERT INTO type_stats (user_id, task_type, succeeded, failed, cancelled, retried, execution_ms_total,
+      execution_count) VALUES (@user, @type, @succeeded, @failed, @cancelled, @retried, @ms, @count)
+      ON CONFLICT (user_id, task_type) DO UPDATE SET succeeded = succeeded + excluded.succeeded,
+      failed = failed + excluded.failed, cancelled = cancelled + excluded.cancelled,
+      retried = retried + excluded.retried, execution_ms_total = execution_ms_total + excluded.execution_ms_total,
+      execution_count = execution_count + excluded.execution_count`,
+  nextRunAt: `SELECT MIN(run_at) AS t FROM tasks WHERE status = 'queued' AND run_at > @now
+      AND task_type NOT IN (SELECT value FROM json_each(@exclude))`,
+  insertEvent: `INSERT INTO events (at_ms, kind, user_id, task_id, agent_id, data_json)
+      VALUES (@at, @kind, @user, @task, @agent, @data)`,
+  listEvents: `SELECT * FROM events WHERE ${USER_FILTER} ORDER BY at_ms DESC, id DESC LIMIT @limit`,
+} as const;
+
+type StatementName = keyof typeof SQL;
+
+/** Applies pending migrations, each in its own BEGIN IMMEDIATE transaction so concurrent openers apply it once. */
+function migrate(db: Database.Database): void {
+  db.exec(
+    'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)',
+  );
+  const applied = db.prepare('SELECT version FROM schema_migrations WHERE version = ?');
+  const record = db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)');
+  const newest = db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null };
+  const known = SQLITE_MIGRATIONS.at(-1)?.version ?? 0;
+  if ((newest.v ?? 0) > known) {
+    throw new StoreUnavailableError(
+      `database schema version ${newest.v} is newer than this agentfleet knows (${known}); upgrade agentfleet`,
+    );
+  }
+  for (const migration of SQLITE_MIGRATIONS) {
+    db.transaction(() => {
+      // Re-checked under the write lock: another process may have applied it while we waited.
+      if (applied.get(migration.version) !== undefined) return;
+      db.exec(migration.sql);
+      record.run(migration.version, migration.name, Date.now());
+    }).immediate();
+  }
+}
+
+/** The SQLite implementation of the Store port (embedded default). */
+export class SqliteStore implements Store {
+  readonly kind = 'sqlite';
+  private readonly db: Database.Database;
+  private readonly s: Record<StatementName, Stmt>;
+
+  private constructor(db: Database.Database) {
+    this.db = db;
+    this.s = this.prepareAll();
+  }
+
+  /** Opens (creating when missing) the database at `file`; `:memory:` gives a private in-memory store. */
+  static open(file: string, options: SqliteStoreOptions = {}): SqliteStore {
+    if (file !== ':memory:' && file !== '')
+      fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+    const db = new Database(file);
+    try {
+      // busy_timeout first, so the journal-mode switch and migrations wait for a concurrent opener.
+      db.pragma('busy_timeout = 5000');
+      db.pragma('journal_mode = WAL');
+      db.pragma(`synchronous = ${options.synchronous === 'normal' ? 'NORMAL' : 'FULL'}`);
+      db.pragma('foreign_keys = ON');
+      migrate(db);
+      return new SqliteStore(db);
+    } catch (error) {
+      db.close();
+      throw error;
+    }
+  }
+
+  private prepareAll(): Record<StatementName, Stmt> {
+    const prepared = {} as Record<StatementName, Stmt>;
+    for (const name of Object.keys(SQL) as StatementName[]) prepared[name] = this.db.prepare(SQL[name]);
+    return prepared;
+  }
+
+  private stmt(name: StatementName): Stmt {
+    return this.s[name];
+  }
+
+  private get<T>(name: StatementName, params: Params): T | undefined {
+    return this.stmt(name).get(params) as T | undefined;
+  }
+
+  private all<T>(name: StatementName, params: Params): T[] {
+    return this.stmt(name).all(params) as T[];
+  }
+
+  private run(name: StatementName, params: Params): number {
+    return this.stmt(name).run(params).changes;
+  }
+
+  private count(name: StatementName, params: Params): number {
+    return this.get<{ n: number }>(name, params)?.n ?? 0;
+  }
+
+  /** Runs `fn` in one BEGIN IMMEDIATE transaction; a lock held too long becomes StoreUnavailableError. */
+  private write<T>(fn: () => T): T {
+    return this.guard(() => this.db.transaction(fn).immediate());
+  }
+
+  /** Maps driver failures that are expected (busy, closed) to the store's errors. */
+  private guard<T>(fn: () => T): T {
+    if (!this.db.open) throw new StoreUnavailableError('the task store is closed');
+    try {
+      return fn();
+    } catch (error) {
+      if (error instanceof AgentfleetError) throw error;
+      const code = errorCode(error);
+      if (code !== undefined && BUSY_CODES.has(code)) {
+        throw new StoreUnavailableError('the task store is busy (another writer held the lock); try again');
+      }
+      throw error;
+    }
+  }
+
+  private taskBySeq(seq: number): TaskRow {
+    const row = this.get<TaskRow>('taskBySeq', { seq });
+    if (!row) throw new Error(`task row ${seq} vanished inside its transaction`);
+    return row;
+  }
+
+  private agentById(id: string): AgentRow | undefined {
+    return this.get<AgentRow>('agentById', { id, user: null });
+  }
+
+  private bumpStats(userId: string, taskType: string, delta: StatsDelta): void {
+    const executed = delta.executionMs !== undefined;
+    this.run('bumpStats', {
+      user: userId,
+      type: taskType,
+      succeeded: delta.succeeded ?? 0,
+      failed: delta.failed ?? 0,
+      cancelled: delta.cancelled ?? 0,
+      retried: delta.retried ?? 0,
+      ms: executed ? Math.max(0, delta.executionMs ?? 0) : 0,
+      count: executed ? 1 : 0,
+    });
+  }
+
+  private writeAgent(row: AgentRow): void {
+    this.run('updateAgent', {
+      seq: row.seq,
+      status: row.status,
+      current_task_id: row.current_task_id,
+      total_executions: row.total_executions,
+      successful_executions: row.successful_executions,
+      consecutive_failures: row.consecutive_failures,
+      last_success_at: row.last_success_at,
+      last_failure_at: row.last_failure_at,
+      unhealthy_since: row.unhealthy_since,
+      recoveries: row.recoveries,
+    });
+  }
+
+  private writeTask(row: TaskRow): void {
+    this.run('updateTask', {
+      seq: row.seq,
+      status: row.status,
+      attempts: row.attempts,
+      run_at: row.run_at,
+      error: row.error,
+      result_json: row.result_json,
+      finished_at: row.finished_at,
+      cancel_requested: row.cancel_requested,
+    });
+  }
+
+  /** Admission for one more queued task of `userId`; throws the limit's error. */
+  private admit(userId: string, limits: AdmissionLimits, queued: number): void {
+    if (queued >= limits.queueCapacity) throw new QueueFullError(limits.queueCapacity);
+    if (this.count('countUserActive', { user: userId }) >= limits.maxTasksPerUser) {
+      throw new UserTaskLimitError(limits.maxTasksPerUser);
+    }
+  }
+
+  /** Inserts tasks in one transaction, checking admission per task in order. */
+  async submitBatch(tasks: readonly NewTask[], limits: AdmissionLimits): Promise<SubmitOutcome[]> {
+    return this.write(() => {
+      let queued = this.count('countQueued', {});
+      const outcomes: SubmitOutcome[] = [];
+      for (const task of tasks) {
+        if (task.idempotencyKey !== null) {
+          const existing = this.get<TaskRow>('taskByKey', { user: task.userId, key: task.idempotencyKey });
+          if (existing) {
+            outcomes.push({ ok: true, task: toTaskView(existing), duplicate: true });
+            continue;
+          }
+        }
+        try {
+          this.admit(task.userId, limits, queued);
+        } catch (error) {
+          if (!(error instanceof AgentfleetError)) throw error;
+          outcomes.push({ ok: false, error });
+          continue;
+        }
+        const seq = this.stmt('insertTask').run({
+          id: task.id,
+          user_id: task.userId,
+          task_type: task.taskType,
+          description: task.description,
+          priority: task.priority,
+          priority_key: task.priorityKey,
+          max_retries: task.maxRetries,
+          timeout_ms: task.timeoutMs,
+          input_json: task.inputJson,
+          idempotency_key: task.idempotencyKey,
+          created_at: task.createdAtMs,
+        }).lastInsertRowid;
+        queued++;
+        outcomes.push({ ok: true, task: toTaskView(this.taskBySeq(Number(seq))), duplicate: false });
+      }
+      return outcomes;
+    });
+  }
+
+  /** Leases up to `limit` eligible tasks in one transaction, in priority-key order (see LeaseRequest). */
+  async leaseBatch(request: LeaseRequest): Promise<LeasedTask[]> {
+    return this.write(() => this.leaseInTransaction(request));
+  }
+
+  private leaseInTransaction(request: LeaseRequest): LeasedTask[] {
+    const leased: LeasedTask[] = [];
+    if (request.limit <= 0) return leased;
+    const now = request.nowMs;
+    const exclude = JSON.stringify(request.excludeTypes);
+    // (user, type) pairs with no idle agent and no room for a new one: skip their other tasks cheaply.
+    const blocked = new Set<string>();
+    const perType = new Map<string, number>();
+    const maxScan = Math.max(LEASE_SCAN_MIN, request.limit * 10);
+    let scanned = 0;
+    let afterKey = Number.MAX_SAFE_INTEGER;
+    let afterSeq = 0;
+    while (leased.length < request.limit && scanned < maxScan) {
+      const page = this.all<TaskRow>('leaseCandidates', {
+        now,
+        exclude,
+        key: afterKey,
+        seq: afterSeq,
+        page: LEASE_PAGE,
+      });
+      for (const row of page) {
+        if (leased.length >= request.limit) break;
+        scanned++;
+        afterKey = row.priority_key;
+        afterSeq = row.seq;
+        const cap = request.typeCaps[row.task_type];
+        const used = perType.get(row.task_type) ?? 0;
+        if (cap !== undefined && used >= cap) continue;
+        const pair = `${row.user_id}\u0000${row.task_type}`;
+        if (blocked.has(pair)) continue;
+        let agent = this.get<AgentRow>('pickAgent', { user: row.user_id, type: row.task_type });
+        let agentCreated = false;
+        if (!agent) {
+          if (this.count('countUserAgents', { user: row.user_id }) >= request.maxAgentsPerUser) {
+            blocked.add(pair);
+            continue;
+          }
+          agent = this.createAgentRow(row.user_id, row.task_type, request.newAgentId(), now);
+          agentCreated = true;
+        }
+        const token = randomBytes(16).toString('hex');
+        this.run('leaseTask', {
+          seq: row.seq,
+          agent_id: agent.id,
+          now,
+          owner: request.owner,
+          token,
+          expires: now + request.leaseMs,
+        });
+        this.run('insertAttempt', {
+          task_id: row.id,
+          attempt: row.attempts + 1,
+          agent_id: agent.id,
+          owner: request.owner,
+          now,
+        });
+        this.run('occupyAgent', { seq: agent.seq, task_id: row.id, now });
+        const task = this.taskBySeq(row.seq);
+        const agentNow = this.agentById(agent.id);
+        if (!agentNow) throw new Error(`agent ${agent.id} vanished inside its transaction`);
+        leased.push({
+          task: toTaskView(task),
+          token,
+          agent: toAgentView(agentNow),
+          agentCreated,
+          checkpointJson: task.checkpoint_json,
+        });
+        perType.set(row.task_type, used + 1);
+      }
+      if (page.length < LEASE_PAGE) break;
+    }
+    return leased;
+  }
+
+  private createAgentRow(userId: string, agentType: string, id: string, nowMs: number): AgentRow {
+    const n = this.count('countUserAgentsOfType', { user: userId, type: agentType }) + 1;
+    this.run('insertAgent', {
+      id,
+      user_id: userId,
+      agent_type: agentType,
+      name: `${agentType}-${n}`,
+      created_at: nowMs,
+    });
+    const row = this.agentById(id);
+    if (!row) throw new Error(`agent ${id} vanished inside its transaction`);
+    return row;
+  }
+
+  /** Extends every lease `owner` holds; returns its running tasks whose cancel was requested. */
+  async heartbeat(owner: string, nowMs: number, leaseMs: number): Promise<{ cancelRequested: string[] }> {
+    return this.write(() => {
+      this.run('heartbeat', { owner, expires: nowMs + leaseMs });
+      const rows = this.all<{ id: string }>('cancelRequestedOf', { owner });
+      return { cancelRequested: rows.map((r) => r.id) };
+    });
+  }
+
+  /** Settles attempts in one transaction, each fenced by its lease token (see Store.settleBatch). */
+  async settleBatch(requests: readonly SettleRequest[], rules: HealthRules): Promise<SettleResult[]> {
+    return this.write(() => requests.map((request) => this.settleOne(request, rules)));
+  }
+
+  private settleOne(request: SettleRequest, rules: HealthRules): SettleResult {
+    const task = this.get<TaskRow>('taskForSettle', { id: request.taskId, token: request.token });
+    if (!task) return { ok: false, agentBecameUnhealthy: false };
+    const now = request.nowMs;
+    const attempt = this.get<AttemptRow>('runningAttempt', { task_id: task.id });
+    const executionMs = Math.max(0, now - (attempt?.started_at ?? task.started_at ?? now));
+    const settlement = request.settlement;
+    const cancelRequested = task.cancel_requested === 1;
+    let outcome: AttemptView['outcome'];
+    let attemptError: string | null = null;
+    let countedMs: number | null = null;
+    let agentResult: 'success' | 'fault' | 'failure' | 'none';
+    switch (settlement.kind) {
+      case 'succeeded':
+        task.status = 'succeeded';
+        task.result_json = settlement.resultJson;
+        task.finished_at = now;
+        outcome = 'succeeded';
+        countedMs = executionMs;
+        agentResult = 'success';
+        this.bumpStats(task.user_id, task.task_type, { succeeded: 1, executionMs });
+        break;
+      case 'retry':
+        task.error = settlement.error;
+        attemptError = settlement.error;
+        agentResult = settlement.agentFault ? 'fault' : 'failure';
+        if (cancelRequested) {
+          // The owner asked to stop it: running it again would ignore that.
+          task.status = 'cancelled';
+          task.finished_at = now;
+          outcome = 'cancelled';
+          this.bumpStats(task.user_id, task.task_type, { cancelled: 1 });
+        } else {
+          task.status = 'queued';
+          task.run_at = settlement.runAtMs;
+          outcome = 'failed';
+          countedMs = executionMs;
+          this.bumpStats(task.user_id, task.task_type, { retried: 1, executionMs });
+        }
+        break;
+      case 'failed':
+        task.status = 'failed';
+        task.error = settlement.error;
+        task.finished_at = now;
+        attemptError = settlement.error;
+        outcome = 'failed';
+        countedMs = executionMs;
+        agentResult = settlement.agentFault ? 'fault' : 'failure';
+        this.bumpStats(task.user_id, task.task_type, { failed: 1, executionMs });
+        break;
+      case 'cancelled':
+        task.status = 'cancelled';
+        task.finished_at = now;
+        outcome = 'cancelled';
+        agentResult = 'none';
+        this.bumpStats(task.user_id, task.task_type, { cancelled: 1 });
+        break;
+      case 'released':
+        agentResult = 'none';
+        if (cancelRequested) {
+          // A shutdown must not resurrect a task its owner already asked to cancel.
+          task.status = 'cancelled';
+          task.finished_at = now;
+          outcome = 'cancelled';
+          this.bumpStats(task.user_id, task.task_type, { cancelled: 1 });
+        } else {
+          task.status = 'queued';
+          task.attempts = Math.max(0, task.attempts - 1);
+          task.run_at = now;
+          outcome = 'released';
+        }
+        break;
+    }
+    this.writeTask(task);
+    if (attempt) {
+      this.run('finishAttempt', {
+        id: attempt.id,
+        now,
+        outcome,
+        error: attemptError,
+        execution_ms: countedMs,
+      });
+    }
+    if (task.agent_id === null) return { ok: true, agentBecameUnhealthy: false };
+    const agent = this.agentById(task.agent_id);
+    if (!agent) return { ok: true, agentBecameUnhealthy: false };
+    const becameUnhealthy = this.applyAgentResult(agent, task.id, agentResult, now, rules);
+    return { ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy };
+  }
+
+  /** Updates an agent's health for one finished attempt; mutates `agent` and returns true when it turned unhealthy. */
+  private applyAgentResult(
+    agent: AgentRow,
+    taskId: string,
+    result: 'success' | 'fault' | 'failure' | 'none',
+    nowMs: number,
+    rules: HealthRules,
+  ): boolean {
+    let becameUnhealthy = false;
+    if (agent.current_task_id === taskId) agent.current_task_id = null;
+    if (result === 'success') {
+      agent.total_executions++;
+      agent.successful_executions++;
+      agent.consecutive_failures = 0;
+      agent.last_success_at = nowMs;
+    } else if (result === 'fault') {
+      agent.total_executions++;
+      agent.consecutive_failures++;
+      agent.last_failure_at = nowMs;
+    } else if (result === 'failure') {
+      agent.total_executions++;
+    }
+    // Only a busy agent running this task goes back to idle; retired stays retired.
+    if (agent.status === 'busy' && agent.current_task_id === null) {
+      if (result === 'fault' && agent.consecutive_failures >= rules.unhealthyThreshold) {
+        agent.status = 'unhealthy';
+        agent.unhealthy_since = nowMs;
+        becameUnhealthy = true;
+      } else {
+        agent.status = 'idle';
+      }
+    }
+    this.writeAgent(agent);
+    return becameUnhealthy;
+  }
+
+  /** Saves an executor's checkpoint, fenced by the token. */
+  async saveCheckpoint(taskId: string, token: string, stateJson: string, nowMs: number): Promise<boolean> {
+    return this.write(
+      () => this.run('saveCheckpoint', { id: taskId, token, state: stateJson, now: nowMs }) > 0,
+    );
+  }
+
+  /** Takes back tasks whose lease ran out before `nowMs`; the lost attempt counts. */
+  async reclaimExpired(nowMs: number): Promise<ReclaimedTask[]> {
+    return this.write(() => {
+      const reclaimed: ReclaimedTask[] = [];
+      for (const task of this.all<TaskRow>('expired', { now: nowMs })) {
+        const owner = task.lease_owner;
+        const error = `lease of ${owner ?? 'unknown owner'} expired before the attempt finished`;
+        const attempt = this.get<AttemptRow>('runningAttempt', { task_id: task.id });
+        if (attempt) {
+          this.run('finishAttempt', {
+            id: attempt.id,
+            now: nowMs,
+            outcome: 'lost',
+            error,
+            execution_ms: null,
+          });
+        }
+        task.error = error;
+        // attempts counts executions; max_retries counts re-runs after the first.
+        const exhausted = task.attempts > task.max_retries;
+        if (exhausted) {
+          task.status = 'failed';
+          task.finished_at = nowMs;
+          this.bumpStats(task.user_id, task.task_type, { failed: 1 });
+        } else {
+          // The checkpoint column is untouched, so the next attempt resumes from it.
+          task.status = 'queued';
+          task.run_at = nowMs;
+          this.bumpStats(task.user_id, task.task_type, { retried: 1 });
+        }
+        this.writeTask(task);
+        if (task.agent_id !== null) {
+          const agent = this.agentById(task.agent_id);
+          if (agent && agent.current_task_id === task.id) {
+            agent.current_task_id = null;
+            if (agent.status === 'busy') agent.status = 'idle';
+            this.writeAgent(agent);
+          }
+        }
+        reclaimed.push({
+          taskId: task.id,
+          userId: task.user_id,
+          taskType: task.task_type,
+          agentId: task.agent_id,
+          owner,
+          status: exhausted ? 'failed' : 'queued',
+        });
+      }
+      return reclaimed;
+    });
+  }
+
+  /** Agents `busy` without a running task → `idle`. */
+  async resetStuckAgents(_nowMs: number): Promise<string[]> {
+    return this.write(() => {
+      const stuck = this.all<AgentRow>('stuckAgents', {});
+      for (const agent of stuck) this.run('freeAgent', { seq: agent.seq });
+      return stuck.map((a) => a.id);
+    });
+  }
+
+  /** Cooled-down unhealthy agents: retired after `maxRecoveries`, else back on probation. */
+  async recoverUnhealthy(
+    nowMs: number,
+    cooldownMs: number,
+    maxRecoveries: number,
+    probationFailures: number,
+  ): Promise<RecoveryResult> {
+    return this.write(() => {
+      const result: RecoveryResult = { probation: [], retired: [] };
+      for (const agent of this.all<AgentRow>('cooledDown', { since: nowMs - cooldownMs })) {
+        if (agent.recoveries >= maxRecoveries) {
+          this.run('retireAgent', { seq: agent.seq, now: nowMs });
+          result.retired.push(agent.id);
+        } else {
+          this.run('probation', { seq: agent.seq, failures: probationFailures });
+          result.probation.push(agent.id);
+        }
+      }
+      return result;
+    });
+  }
+
+  /** One task with its attempts, or null when missing or not the user's. */
+  async getTask(id: string, userId: string | null): Promise<TaskDetail | null> {
+    return this.guard(() => {
+      const row = this.get<TaskRow>('taskById', { id, user: userId });
+      if (!row) return null;
+      const attempts = this.all<AttemptRow>('attemptsOf', { task_id: row.id });
+      return { ...toTaskView(row), attempt_history: attempts.map(toAttemptView) };
+    });
+  }
+
+  /** A page of tasks, newest first. */
+  async listTasks(filter: TaskFilter): Promise<TaskPage> {
+    if (!Number.isInteger(filter.limit) || filter.limit < 1 || filter.limit > 500) {
+      throw new ValidationError('limit', `must be an integer from 1 to 500, got ${filter.limit}`);
+    }
+    const before = filter.cursor === undefined ? Number.MAX_SAFE_INTEGER : decodeCursor(filter.cursor);
+    return this.guard(() => {
+      const rows = this.all<TaskRow>('listTasks', {
+        user: filter.userId,
+        status: filter.status ?? null,
+        type: filter.taskType ?? null,
+        priority: filter.priority ?? null,
+        before,
+        limit: filter.limit + 1,
+      });
+      const page = rows.slice(0, filter.limit);
+      const last = page.at(-1);
+      return {
+        tasks: page.map(toTaskView),
+        nextCursor: rows.length > filter.limit && last ? encodeCursor(last.seq) : null,
+      };
+    });
+  }
+
+  /** Cancels a queued task at once, or marks a running one for its holder to abort. */
+  async requestCancel(
+    id: string,
+    userId: string | null,
+    nowMs: number,
+  ): Promise<{ task: TaskView; running: boolean }> {
+    return this.write(() => {
+      const row = this.get<TaskRow>('taskById', { id, user: userId });
+      if (!row) throw new NotFoundError('task', id);
+      if (row.status === 'queued') {
+        this.run('cancelQueued', { seq: row.seq, now: nowMs });
+        this.bumpStats(row.user_id, row.task_type, { cancelled: 1 });
+        return { task: toTaskView(this.taskBySeq(row.seq)), running: false };
+      }
+      if (row.status === 'running') {
+        this.run('markCancel', { seq: row.seq });
+        return { task: toTaskView(this.taskBySeq(row.seq)), running: true };
+      }
+      throw new InvalidStateError(
+        `task ${id} is ${row.status}; only queued or running tasks can be cancelled`,
+      );
+    });
+  }
+
+  /** Puts a failed task back in the queue with its attempts reset, subject to admission. */
+  async requeueFailed(
+    id: string,
+    userId: string | null,
+    nowMs: number,
+    limits: AdmissionLimits,
+  ): Promise<TaskView> {
+    return this.write(() => {
+      const row = this.get<TaskRow>('taskById', { id, user: userId });
+      if (!row) throw new NotFoundError('task', id);
+      if (row.status !== 'failed') {
+        throw new InvalidStateError(`task ${id} is ${row.status}; only failed tasks can be retried`);
+      }
+      this.admit(row.user_id, limits, this.count('countQueued', {}));
+      // priority_key is kept: a re-queued task keeps its original place by age.
+      this.run('requeue', { seq: row.seq, now: nowMs });
+      return toTaskView(this.taskBySeq(row.seq));
+    });
+  }
+
+  /** Creates an agent unless the user has `maxAgentsPerUser` agents that are not retired. */
+  async createAgent(agent: NewAgent, maxAgentsPerUser: number): Promise<AgentView> {
+    return this.write(() => {
+      if (this.count('countUserAgents', { user: agent.userId }) >= maxAgentsPerUser) {
+        throw new UserAgentLimitError(maxAgentsPerUser);
+      }
+      this.run('insertAgent', {
+        id: agent.id,
+        user_id: agent.userId,
+        agent_type: agent.agentType,
+        name: agent.name,
+        created_at: agent.createdAtMs,
+      });
+      const row = this.agentById(agent.id);
+      if (!row) throw new Error(`agent ${agent.id} vanished inside its transaction`);
+      return toAgentView(row);
+    });
+  }
+
+  /** One agent, or null when missing or not the user's. */
+  async getAgent(id: string, userId: string | null): Promise<AgentView | null> {
+    return this.guard(() => {
+      const row = this.get<AgentRow>('agentById', { id, user: userId });
+      return row ? toAgentView(row) : null;
+    });
+  }
+
+  /** Agents, oldest first. */
+  async listAgents(filter: AgentFilter): Promise<AgentView[]> {
+    return this.guard(() =>
+      this.all<AgentRow>('listAgents', {
+        user: filter.userId,
+        status: filter.status ?? null,
+        type: filter.agentType ?? null,
+      }).map(toAgentView),
+    );
+  }
+
+  /** Retires an agent; a busy one keeps its task until it settles, then stays retired. */
+  async retireAgent(id: string, userId: string | null, nowMs: number): Promise<AgentView> {
+    return this.write(() => {
+      const row = this.get<AgentRow>('agentById', { id, user: userId });
+      if (!row) throw new NotFoundError('agent', id);
+      if (row.status !== 'retired') this.run('retireAgent', { seq: row.seq, now: nowMs });
+      const after = this.agentById(id);
+      if (!after) throw new NotFoundError('agent', id);
+      return toAgentView(after);
+    });
+  }
+
+  /** Task counts by status, cluster-wide or for one user. */
+  async countTasks(userId: string | null): Promise<StatusCounts> {
+    return this.guard(() => {
+      const counts = Object.fromEntries(TASK_STATUSES.map((s) => [s, 0])) as StatusCounts;
+      for (const row of this.all<{ status: TaskStatus; n: number }>('countTasks', { user: userId })) {
+        counts[row.status] = row.n;
+      }
+      return counts;
+    });
+  }
+
+  /** Ids of unhealthy agents, optionally for one user. */
+  async unhealthyAgentIds(userId: string | null): Promise<string[]> {
+    return this.guard(() => this.all<{ id: string }>('unhealthyIds', { user: userId }).map((r) => r.id));
+  }
+
+  /** Agent counts by status, optionally for one user. */
+  async countAgents(userId: string | null): Promise<Record<AgentStatus, number>> {
+    return this.guard(() => {
+      const counts = Object.fromEntries(AGENT_STATUSES.map((s) => [s, 0])) as Record<AgentStatus, number>;
+      for (const row of this.all<{ status: AgentStatus; n: number }>('countAgents', { user: userId })) {
+        counts[row.status] = row.n;
+      }
+      return counts;
+    });
+  }
+
+  /** Totals for the metrics endpoint, optionally for one user. */
+  async stats(userId: string | null): Promise<FleetStats> {
+    return this.guard(() => {
+      const byType: TypeStats[] = this.all<TypeStatsRow>('typeStats', { user: userId }).map((r) => ({
+        taskType: r.task_type,
+        succeeded: r.succeeded,
+        failed: r.failed,
+        cancelled: r.cancelled,
+        retried: r.retried,
+        executionMsTotal: r.execution_ms_total,
+        executionCount: r.execution_count,
+      }));
+      return { totalAgentsCreated: this.count('agentsCreated', { user: userId }), byType };
+    });
+  }
+
+  /** Earliest future `run_at` among queued tasks not of the excluded types, or null. */
+  async nextRunAt(nowMs: number, excludeTypes: readonly string[]): Promise<number | null> {
+    return this.guard(
+      () =>
+        this.get<{ t: number | null }>('nextRunAt', { now: nowMs, exclude: JSON.stringify(excludeTypes) })
+          ?.t ?? null,
+    );
+  }
+
+  /** Keeps events for operators, in one transaction. */
+  async recordEvents(events: readonly StoredEvent[]): Promise<void> {
+    if (events.length === 0) return;
+    this.write(() => {
+      for (const e of events) {
+        this.run('insertEvent', {
+          at: e.atMs,
+          kind: e.kind,
+          user: e.userId,
+          task: e.taskId,
+          agent: e.agentId,
+          data: JSON.stringify(e.data),
+        });
+      }
+    });
+  }
+
+  /** The most recent events, newest first. */
+  async listEvents(userId: string | null, limit: number): Promise<StoredEvent[]> {
+    return this.guard(() =>
+      this.all<EventRow>('listEvents', { user: userId, limit: Math.max(0, Math.floor(limit)) }).map((r) => ({
+        atMs: r.at_ms,
+        kind: r.kind,
+        userId: r.user_id,
+        taskId: r.task_id,
+        agentId: r.agent_id,
+        data: JSON.parse(r.data_json) as Record<string, unknown>,
+      })),
+    );
+  }
+
+  /** The connection's durability settings, for diagnostics and tests. */
+  settings(): {
+    journalMode: string;
+    synchronous: 'full' | 'normal' | 'other';
+    busyTimeoutMs: number;
+    foreignKeys: boolean;
+  } {
+    return this.guard(() => {
+      const synchronous = this.db.pragma('synchronous', { simple: true });
+      return {
+        journalMode: String(this.db.pragma('journal_mode', { simple: true })),
+        synchronous: synchronous === 2 ? 'full' : synchronous === 1 ? 'normal' : 'other',
+        busyTimeoutMs: Number(this.db.pragma('busy_timeout', { simple: true })),
+        foreignKeys: this.db.pragma('foreign_keys', { simple: true }) === 1,
+      };
+    });
+  }
+
+  /** Closes the database file. Idempotent. */
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+}

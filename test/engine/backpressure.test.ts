@@ -1,0 +1,54 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { openFleet, type TestFleet } from '../support/fleet.js';
+import { gate, waitFor } from '../support/wait.js';
+
+describe('backpressure', () => {
+  let fleet: TestFleet;
+  afterEach(async () => fleet.close());
+
+  it('runs exactly 200 of 500 blocking tasks at once, and the 201st when one finishes', async () => {
+    fleet = openFleet({ maxTasksPerUser: 1000 });
+    const gates = new Map<string, () => void>();
+    let running = 0;
+    let peak = 0;
+    let started = 0;
+    fleet.manager.handle('Block', async (task) => {
+      running++;
+      started++;
+      peak = Math.max(peak, running);
+      const g = gate();
+      gates.set(task.id, g.open);
+      await g.promise;
+      running--;
+    });
+    await Promise.all(
+      Array.from({ length: 500 }, (_, i) =>
+        fleet.manager.submit({ task_type: 'Block', description: `b${i}` }, { userId: `user-${i % 5}` }),
+      ),
+    );
+    await fleet.manager.start();
+    await waitFor(() => started === 200, '200 tasks to start');
+    // Give the loop every chance to overshoot before checking it did not.
+    await fleet.clock.advance(100);
+    expect(started).toBe(200);
+    expect((await fleet.manager.queueStatus()).concurrent_tasks).toBe(200);
+    expect((await fleet.manager.queueStatus()).queue_size).toBe(300);
+
+    const [firstId, release] = [...gates.entries()][0] ?? [];
+    gates.delete(firstId ?? '');
+    release?.();
+    await waitFor(() => started === 201, 'the 201st task to start');
+    await fleet.clock.advance(100);
+    expect(started).toBe(201);
+    expect(peak).toBe(200);
+
+    for (const open of gates.values()) open();
+    gates.clear();
+    await waitFor(async () => {
+      for (const open of gates.values()) open();
+      gates.clear();
+      return (await fleet.manager.metrics()).successful_tasks === 500;
+    }, 'all 500 tasks to succeed');
+    expect(peak).toBe(200);
+  });
+});

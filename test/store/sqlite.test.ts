@@ -1,0 +1,232 @@
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { priorityKey } from '../../src/domain/priority.js';
+import { SqliteStore } from '../../src/store/sqlite.js';
+import { SQLITE_MIGRATIONS } from '../../src/store/sqlite-migrations.js';
+import type { LeaseRequest, NewTask, Store } from '../../src/store/store.js';
+import { describeStoreConformance } from './conformance.js';
+
+const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const SQLITE_MODULE = pathToFileURL(path.join(REPO_ROOT, 'src/store/sqlite.ts')).href;
+const T0 = Date.UTC(2025, 0, 1, 12, 0, 0);
+const LIMITS = { queueCapacity: 1000, maxTasksPerUser: 1000 };
+
+const dirs = new Map<Store, string>();
+
+function makeTempDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'agentfleet-sqlite-'));
+}
+
+describeStoreConformance(
+  'sqlite (file)',
+  async () => {
+    const dir = makeTempDir();
+    const store = SqliteStore.open(path.join(dir, 'db', 'agentfleet.db'));
+    dirs.set(store, dir);
+    return store;
+  },
+  async (store) => {
+    await store.close();
+    const dir = dirs.get(store);
+    dirs.delete(store);
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  },
+);
+
+function task(id: string, userId = 'alice', taskType = 'CodeGeneration'): NewTask {
+  return {
+    id,
+    userId,
+    taskType,
+    description: 'd',
+    priority: 'medium',
+    priorityKey: priorityKey('medium', T0),
+    inputJson: null,
+    maxRetries: 3,
+    timeoutMs: null,
+    idempotencyKey: null,
+    createdAtMs: T0,
+  };
+}
+
+function leaseRequest(owner: string, limit: number, agentIds: () => string): LeaseRequest {
+  return {
+    owner,
+    limit,
+    nowMs: T0 + 1000,
+    leaseMs: 30_000,
+    excludeTypes: [],
+    typeCaps: {},
+    maxAgentsPerUser: 100,
+    newAgentId: agentIds,
+  };
+}
+
+/** Runs `node --import tsx` on a script; resolves with its exit code and stderr. */
+function runScript(file: string): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', file], {
+      cwd: REPO_ROOT,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    child.on('error', reject);
+    child.on('exit', (code) => resolve({ code, stderr }));
+  });
+}
+
+describe('SqliteStore specifics', () => {
+  let dir = '';
+  const open: SqliteStore[] = [];
+
+  function openStore(file: string, options?: { synchronous?: 'full' | 'normal' }): SqliteStore {
+    const store = SqliteStore.open(file, options);
+    open.push(store);
+    return store;
+  }
+
+  afterEach(async () => {
+    for (const store of open.splice(0)) await store.close();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    dir = '';
+  });
+
+  it('creates the parent folder and sets WAL, synchronous=FULL, busy_timeout and foreign keys', () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'a', 'b', 'agentfleet.db');
+    const store = openStore(file);
+    expect(fs.existsSync(file)).toBe(true);
+    expect(store.settings()).toEqual({
+      journalMode: 'wal',
+      synchronous: 'full',
+      busyTimeoutMs: 5000,
+      foreignKeys: true,
+    });
+    expect(openStore(path.join(dir, 'fast.db'), { synchronous: 'normal' }).settings().synchronous).toBe(
+      'normal',
+    );
+  });
+
+  it('applies each migration once when two stores open the same file', () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'agentfleet.db');
+    openStore(file);
+    openStore(file);
+    const db = new Database(file, { readonly: true });
+    try {
+      const rows = db.prepare('SELECT version, name FROM schema_migrations ORDER BY version').all();
+      expect(rows).toEqual(SQLITE_MIGRATIONS.map((m) => ({ version: m.version, name: m.name })));
+    } finally {
+      db.close();
+    }
+  });
+
+  it('applies each migration once when several processes open a new file at the same time', async () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'shared.db');
+    const script = path.join(dir, 'open.mts');
+    fs.writeFileSync(
+      script,
+      `import { SqliteStore } from ${JSON.stringify(SQLITE_MODULE)};\n` +
+        `const store = SqliteStore.open(${JSON.stringify(file)});\nawait store.close();\n`,
+    );
+    const results = await Promise.all([
+      runScript(script),
+      runScript(script),
+      runScript(script),
+      runScript(script),
+    ]);
+    for (const result of results) expect(result).toMatchObject({ code: 0 });
+    const db = new Database(file, { readonly: true });
+    try {
+      const rows = db.prepare('SELECT version FROM schema_migrations ORDER BY version').all();
+      expect(rows).toEqual(SQLITE_MIGRATIONS.map((m) => ({ version: m.version })));
+    } finally {
+      db.close();
+    }
+  });
+
+  it('keeps data across close and reopen', async () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'agentfleet.db');
+    const first = openStore(file);
+    await first.submitBatch([task('t1'), task('t2')], LIMITS);
+    const [leased] = await first.leaseBatch(leaseRequest('p', 1, () => 'agent-1'));
+    if (!leased) throw new Error('nothing leased');
+    await first.saveCheckpoint('t1', leased.token, '{"step":1}', T0 + 1500);
+    await first.close();
+    await first.close();
+    const second = openStore(file);
+    expect(await second.getTask('t1', 'alice')).toMatchObject({ status: 'running', checkpoint: { step: 1 } });
+    expect(await second.countTasks(null)).toMatchObject({ queued: 1, running: 1 });
+    const [result] = await second.settleBatch(
+      [
+        {
+          taskId: 't1',
+          token: leased.token,
+          nowMs: T0 + 2000,
+          settlement: { kind: 'succeeded', resultJson: '7' },
+        },
+      ],
+      { unhealthyThreshold: 3 },
+    );
+    expect(result?.ok).toBe(true);
+    expect((await second.getTask('t1', null))?.result).toBe(7);
+  });
+
+  it('rejects calls after close with StoreUnavailableError', async () => {
+    dir = makeTempDir();
+    const store = openStore(path.join(dir, 'agentfleet.db'));
+    await store.close();
+    await expect(store.countTasks(null)).rejects.toMatchObject({ code: 'store_unavailable' });
+  });
+
+  it('two stores on the same file never lease the same task twice', async () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'agentfleet.db');
+    const a = openStore(file);
+    const b = openStore(file);
+    const tasks = Array.from({ length: 30 }, (_, i) => task(`t${i}`, `user-${i % 3}`));
+    await a.submitBatch(tasks, LIMITS);
+    let n = 0;
+    const agentId = () => `agent-${++n}`;
+    const batches = await Promise.all(
+      Array.from({ length: 8 }, (_, i) =>
+        (i % 2 === 0 ? a : b).leaseBatch(leaseRequest(`proc-${i}`, 5, agentId)),
+      ),
+    );
+    const ids = batches.flat().map((l) => l.task.id);
+    expect(ids).toHaveLength(30);
+    expect(new Set(ids).size).toBe(30);
+    expect(await b.countTasks(null)).toMatchObject({ queued: 0, running: 30 });
+  });
+
+  it('resetStuckAgents frees a busy agent whose task is no longer running', async () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'agentfleet.db');
+    const store = openStore(file);
+    await store.submitBatch([task('t1'), task('t2')], LIMITS);
+    let n = 0;
+    const leased = await store.leaseBatch(leaseRequest('p', 2, () => `agent-${++n}`));
+    expect(leased).toHaveLength(2);
+    // Simulate a crash between writes that left one agent busy after its task ended.
+    const db = new Database(file);
+    try {
+      db.prepare("UPDATE tasks SET status = 'succeeded' WHERE id = 't1'").run();
+    } finally {
+      db.close();
+    }
+    const stuck = leased.find((l) => l.task.id === 't1')?.agent.id;
+    expect(await store.resetStuckAgents(T0 + 5000)).toEqual([stuck]);
+    expect((await store.getAgent(stuck ?? '', null))?.status).toBe('idle');
+    expect(await store.resetStuckAgents(T0 + 6000)).toEqual([]);
+  });
+});
