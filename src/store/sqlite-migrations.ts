@@ -94,7 +94,7 @@ CREATE TABLE agents (
   retired_at INTEGER
 );
 -- Agent selection: the user's least-recently-used idle agent of a type.
-CREATE INDEX agents_pick ON agents (user_id, agent_type, status, last_used_at);
+CREATE INDEX agents_pick ON agents (user_id, agent_type, status, last_used_at, seq);
 CREATE INDEX agents_status ON agents (status);
 
 -- Totals that never go down, per user and type, updated inside the settling transaction.

@@ -201,6 +201,31 @@ function toTaskView(row: TaskRow): TaskView {
   };
 }
 
+/** The view of a task just inserted, built from what was inserted instead of reading it back. */
+function newTaskView(task: NewTask): TaskView {
+  return {
+    id: task.id,
+    task_type: task.taskType,
+    description: task.description,
+    priority: task.priority,
+    status: 'queued',
+    attempts: 0,
+    max_retries: task.maxRetries,
+    agent_id: null,
+    created_at: new Date(task.createdAtMs).toISOString(),
+    started_at: null,
+    finished_at: null,
+    run_at: new Date(task.createdAtMs).toISOString(),
+    result: null,
+    error: null,
+    checkpoint: null,
+    idempotency_key: task.idempotencyKey,
+    input: parseJson(task.inputJson),
+    timeout_ms: task.timeoutMs,
+    user_id: task.userId,
+  };
+}
+
 function toAgentView(row: AgentRow): AgentView {
   return {
     id: row.id,
@@ -282,7 +307,7 @@ const SQL = {
     'UPDATE attempts SET finished_at = @now, outcome = @outcome, error = @error, execution_ms = @execution_ms WHERE id = @id',
   attemptsOf: 'SELECT * FROM attempts WHERE task_id = @task_id ORDER BY id',
   pickAgent: `SELECT * FROM agents WHERE user_id = @user AND agent_type = @type AND status = 'idle'
-      ORDER BY last_used_at ASC NULLS FIRST, created_at ASC, seq ASC LIMIT 1`,
+      ORDER BY last_used_at ASC NULLS FIRST, seq ASC LIMIT 1`,
   countUserAgents: "SELECT COUNT(*) AS n FROM agents WHERE user_id = @user AND status <> 'retired'",
   countUserAgentsOfType: 'SELECT COUNT(*) AS n FROM agents WHERE user_id = @user AND agent_type = @type',
   insertAgent: `INSERT INTO agents (id, user_id, agent_type, name, status, created_at)
@@ -492,18 +517,12 @@ export class SqliteStore implements Store {
     });
   }
 
-  /** Admission for one more queued task of `userId`; throws the limit's error. */
-  private admit(userId: string, limits: AdmissionLimits, queued: number): void {
-    if (queued >= limits.queueCapacity) throw new QueueFullError(limits.queueCapacity);
-    if (this.count('countUserActive', { user: userId }) >= limits.maxTasksPerUser) {
-      throw new UserTaskLimitError(limits.maxTasksPerUser);
-    }
-  }
-
   /** Inserts tasks in one transaction, checking admission per task in order. */
   async submitBatch(tasks: readonly NewTask[], limits: AdmissionLimits): Promise<SubmitOutcome[]> {
     return this.write(() => {
+      // Counted once per batch and carried forward, so a batch of n costs n inserts, not n counts.
       let queued = this.count('countQueued', {});
+      const active = new Map<string, number>();
       const outcomes: SubmitOutcome[] = [];
       for (const task of tasks) {
         if (task.idempotencyKey !== null) {
@@ -513,14 +532,17 @@ export class SqliteStore implements Store {
             continue;
           }
         }
-        try {
-          this.admit(task.userId, limits, queued);
-        } catch (error) {
-          if (!(error instanceof AgentfleetError)) throw error;
-          outcomes.push({ ok: false, error });
+        if (queued >= limits.queueCapacity) {
+          outcomes.push({ ok: false, error: new QueueFullError(limits.queueCapacity) });
           continue;
         }
-        const seq = this.stmt('insertTask').run({
+        const userActive = active.get(task.userId) ?? this.count('countUserActive', { user: task.userId });
+        if (userActive >= limits.maxTasksPerUser) {
+          active.set(task.userId, userActive);
+          outcomes.push({ ok: false, error: new UserTaskLimitError(limits.maxTasksPerUser) });
+          continue;
+        }
+        this.stmt('insertTask').run({
           id: task.id,
           user_id: task.userId,
           task_type: task.taskType,
@@ -532,9 +554,10 @@ export class SqliteStore implements Store {
           input_json: task.inputJson,
           idempotency_key: task.idempotencyKey,
           created_at: task.createdAtMs,
-        }).lastInsertRowid;
+        });
         queued++;
-        outcomes.push({ ok: true, task: toTaskView(this.taskBySeq(Number(seq))), duplicate: false });
+        active.set(task.userId, userActive + 1);
+        outcomes.push({ ok: true, task: newTaskView(task), duplicate: false });
       }
       return outcomes;
     });
@@ -602,13 +625,22 @@ export class SqliteStore implements Store {
           now,
         });
         this.run('occupyAgent', { seq: agent.seq, task_id: row.id, now });
-        const task = this.taskBySeq(row.seq);
-        const agentNow = this.agentById(agent.id);
-        if (!agentNow) throw new Error(`agent ${agent.id} vanished inside its transaction`);
+        // The views are the rows as just updated; reading them back would cost two queries per task.
+        const task: TaskRow = {
+          ...row,
+          status: 'running',
+          attempts: row.attempts + 1,
+          agent_id: agent.id,
+          started_at: now,
+          finished_at: null,
+          lease_owner: request.owner,
+          lease_token: token,
+          lease_expires_at: now + request.leaseMs,
+        };
         leased.push({
           task: toTaskView(task),
           token,
-          agent: toAgentView(agentNow),
+          agent: toAgentView({ ...agent, status: 'busy', current_task_id: row.id, last_used_at: now }),
           agentCreated,
           checkpointJson: task.checkpoint_json,
         });
@@ -800,12 +832,21 @@ export class SqliteStore implements Store {
         task.error = error;
         // attempts counts executions; max_retries counts re-runs after the first.
         const exhausted = task.attempts > task.max_retries;
-        if (exhausted) {
+        let status: ReclaimedTask['status'];
+        if (task.cancel_requested === 1) {
+          // Its owner asked to cancel it: finish it now rather than run it again only to cancel it.
+          status = 'cancelled';
+          task.status = 'cancelled';
+          task.finished_at = nowMs;
+          this.bumpStats(task.user_id, task.task_type, { cancelled: 1 });
+        } else if (exhausted) {
+          status = 'failed';
           task.status = 'failed';
           task.finished_at = nowMs;
           this.bumpStats(task.user_id, task.task_type, { failed: 1 });
         } else {
           // The checkpoint column is untouched, so the next attempt resumes from it.
+          status = 'queued';
           task.status = 'queued';
           task.run_at = nowMs;
           this.bumpStats(task.user_id, task.task_type, { retried: 1 });
@@ -825,7 +866,7 @@ export class SqliteStore implements Store {
           taskType: task.task_type,
           agentId: task.agent_id,
           owner,
-          status: exhausted ? 'failed' : 'queued',
+          status,
         });
       }
       return reclaimed;
@@ -934,7 +975,11 @@ export class SqliteStore implements Store {
       if (row.status !== 'failed') {
         throw new InvalidStateError(`task ${id} is ${row.status}; only failed tasks can be retried`);
       }
-      this.admit(row.user_id, limits, this.count('countQueued', {}));
+      if (this.count('countQueued', {}) >= limits.queueCapacity)
+        throw new QueueFullError(limits.queueCapacity);
+      if (this.count('countUserActive', { user: row.user_id }) >= limits.maxTasksPerUser) {
+        throw new UserTaskLimitError(limits.maxTasksPerUser);
+      }
       // priority_key is kept: a re-queued task keeps its original place by age.
       this.run('requeue', { seq: row.seq, now: nowMs });
       return toTaskView(this.taskBySeq(row.seq));

@@ -132,8 +132,11 @@ export interface ReclaimedTask {
   agentId: string | null;
   /** The owner whose lease expired. */
   owner: string | null;
-  /** `queued` when it will run again, `failed` when that lost attempt was its last. */
-  status: 'queued' | 'failed';
+  /**
+   * `queued` when it will run again, `failed` when that lost attempt was its last, `cancelled` when its
+   * owner had asked to cancel it.
+   */
+  status: 'queued' | 'failed' | 'cancelled';
 }
 
 /** Filters for listing tasks; all optional. */

@@ -780,6 +780,21 @@ export function describeStoreConformance(
       });
     });
 
+    describe('reclaimExpired of a cancel-requested task', () => {
+      it('finishes it cancelled instead of running it again', async () => {
+        const task = await submitOne();
+        const leased = await leaseOne({ nowMs: T0, leaseMs: 1000 });
+        expect((await store.requestCancel(task.id, null, T0 + 10)).running).toBe(true);
+        const reclaimed = await store.reclaimExpired(T0 + 5000);
+        expect(reclaimed[0]?.status).toBe('cancelled');
+        const detail = await mustGet(task.id);
+        expect(detail.status).toBe('cancelled');
+        expect(detail.finished_at).not.toBeNull();
+        expect((await store.getAgent(leased.agent.id, null))?.status).toBe('idle');
+        expect(await lease({ nowMs: T0 + 6000 })).toEqual([]);
+      });
+    });
+
     describe('agent recovery', () => {
       it('resetStuckAgents leaves agents that run a task alone', async () => {
         await submitOne();
