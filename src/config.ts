@@ -1,0 +1,393 @@
+/**
+ * The one configuration of an agentfleet server (DESIGN §5): defaults, then one JSON file, then
+ * `AGENTFLEET_<KEY>` environment variables, then command-line flags. Every key is optional; names are
+ * the spec's in snake_case, durations end in `_ms`. Unknown keys and bad values throw a
+ * ValidationError naming the key, so a typo stops the start instead of being ignored.
+ */
+import { readFileSync } from 'node:fs';
+import { type TSchema, Type } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import type { ApiOptions } from './api/api-options.js';
+import { ValidationError } from './domain/errors.js';
+import { type AgentManagerOptions, NUMERIC_OPTIONS } from './engine/options.js';
+
+type NumericOption = keyof typeof NUMERIC_OPTIONS;
+
+/** `fooBarMs` → `foo_bar_ms`, at the type level. */
+type SnakeCase<S extends string> = S extends `${infer Head}${infer Tail}`
+  ? `${Head extends Lowercase<Head> ? Head : `_${Lowercase<Head>}`}${SnakeCase<Tail>}`
+  : S;
+
+/** The engine's numeric options under their config names (`task_queue_capacity`, `lease_ms`, …). */
+export type EngineNumbers = { [K in NumericOption as SnakeCase<K>]: number };
+
+/** A simulated agent: waits `latency_ms` (fixed or `[min, max]`), fails with `failure_rate`. */
+export interface SimulateAgentType {
+  executor: 'simulate';
+  latency_ms: number | [number, number];
+  failure_rate: number;
+  seed?: number;
+  timeout_ms?: number;
+}
+
+/** An agent service reached by HTTP POST (accepted by the schema; not available yet). */
+export interface HttpAgentType {
+  executor: 'http';
+  url: string;
+  headers?: Record<string, string>;
+  timeout_ms?: number;
+}
+
+/** A subprocess that reads the task as JSON on stdin (accepted by the schema; not available yet). */
+export interface CommandAgentType {
+  executor: 'command';
+  argv: string[];
+  cwd?: string;
+  timeout_ms?: number;
+}
+
+/** An OpenAI-compatible chat endpoint (accepted by the schema; not available yet). */
+export interface LlmAgentType {
+  executor: 'llm';
+  base_url: string;
+  model: string;
+  api_key_env?: string;
+  system_prompt?: string;
+  timeout_ms?: number;
+}
+
+/** How the agents of one task type do their work. */
+export type AgentTypeConfig = SimulateAgentType | HttpAgentType | CommandAgentType | LlmAgentType;
+
+/** Log levels pino knows. */
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+/** A fully defaulted, validated configuration (snake_case, as written in the file). */
+export interface AgentfleetConfig extends EngineNumbers {
+  host: string;
+  port: number;
+  /** SQLite file path or `postgres://` URL. */
+  database: string;
+  /** API key → user id. No keys (and no admin keys) = local mode, user `local`. */
+  api_keys: Record<string, string>;
+  /** Keys that see and manage every user's tasks and agents. */
+  admin_keys: string[];
+  /** Largest HTTP request body. */
+  body_limit_bytes: number;
+  log_level: LogLevel;
+  agent_types: Record<string, AgentTypeConfig>;
+}
+
+/** The agent types a fresh install runs: simulated, so the spec's curl loop works with no setup. */
+export const DEFAULT_AGENT_TYPES: Readonly<Record<string, AgentTypeConfig>> = Object.freeze({
+  CodeGeneration: { executor: 'simulate', latency_ms: [200, 2000], failure_rate: 0 },
+  CodeReview: { executor: 'simulate', latency_ms: [200, 1500], failure_rate: 0 },
+  Testing: { executor: 'simulate', latency_ms: [300, 2000], failure_rate: 0 },
+  Documentation: { executor: 'simulate', latency_ms: [200, 1200], failure_rate: 0 },
+  Debugging: { executor: 'simulate', latency_ms: [300, 2000], failure_rate: 0 },
+  Refactoring: { executor: 'simulate', latency_ms: [200, 1800], failure_rate: 0 },
+});
+
+/** Config key of an engine option: `taskQueueCapacity` → `task_queue_capacity`. */
+export function snakeKey(camel: string): string {
+  return camel.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+}
+
+const ENGINE_KEYS = (Object.keys(NUMERIC_OPTIONS) as NumericOption[]).map((camel) => ({
+  camel,
+  snake: snakeKey(camel) as keyof EngineNumbers,
+  rule: NUMERIC_OPTIONS[camel],
+}));
+
+/** Server numbers besides the engine's: they are overridable from the environment too. */
+const SERVER_NUMBERS = {
+  port: { default: 3000, min: 0, max: 65_535, integer: true },
+  body_limit_bytes: { default: 1_048_576, min: 1024, max: 268_435_456, integer: true },
+} as const;
+
+function numberSchema(rule: { min: number; max: number; integer: boolean }): TSchema {
+  const limits = { minimum: rule.min, maximum: rule.max };
+  return rule.integer ? Type.Integer(limits) : Type.Number(limits);
+}
+
+/** Short keys are guessable; this is a floor, not a recommendation (use 32 random bytes). */
+const MIN_KEY_LENGTH = 8;
+
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+const TIMEOUT = Type.Integer({ minimum: 1, maximum: NUMERIC_OPTIONS.maxTimeoutMs.max });
+
+/** File schema; the agent type entries are checked one by one (see checkAgentType) for clear messages. */
+const FILE_SCHEMA = Type.Partial(
+  Type.Object(
+    {
+      host: Type.String({ minLength: 1 }),
+      port: numberSchema(SERVER_NUMBERS.port),
+      database: Type.String({ minLength: 1 }),
+      body_limit_bytes: numberSchema(SERVER_NUMBERS.body_limit_bytes),
+      log_level: Type.Union(LOG_LEVELS.map((l) => Type.Literal(l))),
+      api_keys: Type.Record(Type.String(), Type.String({ minLength: 1, maxLength: 200 })),
+      admin_keys: Type.Array(Type.String({ minLength: MIN_KEY_LENGTH })),
+      agent_types: Type.Record(Type.String({ pattern: '^[A-Za-z][A-Za-z0-9_.-]{0,99}$' }), Type.Unknown()),
+      ...Object.fromEntries(ENGINE_KEYS.map(({ snake, rule }) => [snake, numberSchema(rule)])),
+    },
+    { additionalProperties: false },
+  ),
+);
+
+const AGENT_TYPE_SCHEMAS: Record<AgentTypeConfig['executor'], TSchema> = {
+  simulate: Type.Object(
+    {
+      executor: Type.Literal('simulate'),
+      latency_ms: Type.Union([
+        Type.Integer({ minimum: 0 }),
+        Type.Tuple([Type.Integer({ minimum: 0 }), Type.Integer({ minimum: 0 })]),
+      ]),
+      failure_rate: Type.Number({ minimum: 0, maximum: 1 }),
+      seed: Type.Optional(Type.Integer()),
+      timeout_ms: Type.Optional(TIMEOUT),
+    },
+    { additionalProperties: false },
+  ),
+  http: Type.Object(
+    {
+      executor: Type.Literal('http'),
+      url: Type.String({ pattern: '^https?://' }),
+      headers: Type.Optional(Type.Record(Type.String(), Type.String())),
+      timeout_ms: Type.Optional(TIMEOUT),
+    },
+    { additionalProperties: false },
+  ),
+  command: Type.Object(
+    {
+      executor: Type.Literal('command'),
+      argv: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
+      cwd: Type.Optional(Type.String()),
+      timeout_ms: Type.Optional(TIMEOUT),
+    },
+    { additionalProperties: false },
+  ),
+  llm: Type.Object(
+    {
+      executor: Type.Literal('llm'),
+      base_url: Type.String({ pattern: '^https?://' }),
+      model: Type.String({ minLength: 1 }),
+      api_key_env: Type.Optional(Type.String({ minLength: 1 })),
+      system_prompt: Type.Optional(Type.String()),
+      timeout_ms: Type.Optional(TIMEOUT),
+    },
+    { additionalProperties: false },
+  ),
+};
+
+/** `/agent_types/Flaky/failure_rate` → `agent_types.Flaky.failure_rate`. */
+function keyOf(prefix: string, path: string): string {
+  const rest = path.split('/').filter(Boolean).join('.');
+  return [prefix, rest].filter(Boolean).join('.') || '(root)';
+}
+
+/** Plain words for keys whose schema is a union (TypeBox would only say "Expected union value"). */
+const UNION_HINTS: Readonly<Record<string, string>> = {
+  latency_ms: 'must be an integer >= 0 or [min, max]',
+  log_level: `must be one of ${LOG_LEVELS.join(', ')}`,
+};
+
+/** Throws a ValidationError naming the first key at fault. */
+function check(schema: TSchema, value: unknown, prefix: string): void {
+  const first = Value.Errors(schema, value).First();
+  if (!first) return;
+  const shown = first.value === undefined ? '' : `, got ${JSON.stringify(first.value)}`;
+  const last = first.path.split('/').at(-1) ?? '';
+  const message = (first.message === 'Expected union value' && UNION_HINTS[last]) || first.message;
+  const why = message === 'Unexpected property' ? 'unknown key' : `${message}${shown}`;
+  throw new ValidationError(keyOf(prefix, first.path), why);
+}
+
+function checkAgentType(name: string, entry: unknown): AgentTypeConfig {
+  const key = `agent_types.${name}`;
+  if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) {
+    throw new ValidationError(key, 'must be an object such as {"executor": "simulate", ...}');
+  }
+  const kind = (entry as { executor?: unknown }).executor;
+  if (typeof kind !== 'string' || !(kind in AGENT_TYPE_SCHEMAS)) {
+    throw new ValidationError(
+      `${key}.executor`,
+      `must be one of ${Object.keys(AGENT_TYPE_SCHEMAS).join(', ')}, got ${JSON.stringify(kind)}`,
+    );
+  }
+  const schema = AGENT_TYPE_SCHEMAS[kind as AgentTypeConfig['executor']];
+  check(schema, entry, key);
+  const config = entry as AgentTypeConfig;
+  if (config.executor === 'simulate' && Array.isArray(config.latency_ms)) {
+    const [min, max] = config.latency_ms;
+    if (max < min)
+      throw new ValidationError(`${key}.latency_ms`, `[min, max] needs min <= max, got [${min}, ${max}]`);
+  }
+  return config;
+}
+
+/** Defaults: the spec's numbers, local mode, the six simulated types. */
+export function defaultConfig(): AgentfleetConfig {
+  const engine = Object.fromEntries(
+    ENGINE_KEYS.map(({ snake, rule }) => [snake, rule.default]),
+  ) as EngineNumbers;
+  return {
+    host: '127.0.0.1',
+    port: SERVER_NUMBERS.port.default,
+    database: './data/agentfleet.db',
+    api_keys: {},
+    admin_keys: [],
+    body_limit_bytes: SERVER_NUMBERS.body_limit_bytes.default,
+    log_level: 'info',
+    agent_types: structuredClone({ ...DEFAULT_AGENT_TYPES }),
+    ...engine,
+  };
+}
+
+/**
+ * Validates a parsed config object (e.g. a file's JSON) and applies it over the defaults. A given
+ * `agent_types` replaces the default set as a whole: the operator decides which types exist.
+ */
+export function parseConfig(raw: unknown, base: AgentfleetConfig = defaultConfig()): AgentfleetConfig {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new ValidationError('(root)', 'the config must be a JSON object');
+  }
+  check(FILE_SCHEMA, raw, '');
+  const input = raw as Partial<AgentfleetConfig> & { agent_types?: Record<string, unknown> };
+  const { agent_types: types, ...rest } = input;
+  const config: AgentfleetConfig = { ...base, ...rest };
+  if (types !== undefined) {
+    config.agent_types = Object.fromEntries(
+      Object.entries(types).map(([name, entry]) => [name, checkAgentType(name, entry)]),
+    );
+  }
+  if (config.retry_max_delay_ms < config.retry_initial_delay_ms) {
+    throw new ValidationError(
+      'retry_max_delay_ms',
+      `must be at least retry_initial_delay_ms (${config.retry_initial_delay_ms})`,
+    );
+  }
+  for (const key of Object.keys(config.api_keys)) {
+    if (key.length < MIN_KEY_LENGTH) {
+      throw new ValidationError('api_keys', `every key needs at least ${MIN_KEY_LENGTH} characters`);
+    }
+  }
+  for (const key of config.admin_keys) {
+    if (key in config.api_keys)
+      throw new ValidationError('admin_keys', 'a key cannot be both an api key and an admin key');
+  }
+  return config;
+}
+
+/** Where a config comes from. Only the CLI builds this from `process.env` and `argv`. */
+export interface ConfigSources {
+  /** Path of the JSON file (`--config`); falls back to `AGENTFLEET_CONFIG`. */
+  file?: string;
+  /** The environment to read `AGENTFLEET_*` and `DATABASE_URL` from. */
+  env?: Readonly<Record<string, string | undefined>>;
+  /** Command-line flags; they win over everything else. */
+  flags?: { host?: string; port?: number; database?: string };
+}
+
+/** Numbers settable as `AGENTFLEET_<KEY>`: every engine number plus port and body limit. */
+const ENV_NUMBER_KEYS: readonly string[] = [
+  ...Object.keys(SERVER_NUMBERS),
+  ...ENGINE_KEYS.map((k) => k.snake),
+];
+
+function parseEnv(env: Readonly<Record<string, string | undefined>>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const key of ENV_NUMBER_KEYS) {
+    const name = `AGENTFLEET_${key.toUpperCase()}`;
+    const text = env[name];
+    if (text === undefined || text === '') continue;
+    const value = Number(text);
+    if (!Number.isFinite(value))
+      throw new ValidationError(name, `must be a number, got ${JSON.stringify(text)}`);
+    out[key] = value;
+  }
+  if (env.AGENTFLEET_HOST) out.host = env.AGENTFLEET_HOST;
+  if (env.AGENTFLEET_LOG_LEVEL) out.log_level = env.AGENTFLEET_LOG_LEVEL;
+  if (env.DATABASE_URL) out.database = env.DATABASE_URL;
+  // Keys from the environment, so secrets need not sit in the file: "key1:alice,key2:bob".
+  if (env.AGENTFLEET_API_KEYS) {
+    const keys: Record<string, string> = {};
+    for (const pair of env.AGENTFLEET_API_KEYS.split(',')
+      .map((p) => p.trim())
+      .filter(Boolean)) {
+      const at = pair.lastIndexOf(':');
+      if (at <= 0 || at === pair.length - 1) {
+        throw new ValidationError('AGENTFLEET_API_KEYS', 'must be a comma-separated list of key:user_id');
+      }
+      keys[pair.slice(0, at)] = pair.slice(at + 1);
+    }
+    out.api_keys = keys;
+  }
+  if (env.AGENTFLEET_ADMIN_KEYS) {
+    out.admin_keys = env.AGENTFLEET_ADMIN_KEYS.split(',')
+      .map((k) => k.trim())
+      .filter(Boolean);
+  }
+  return out;
+}
+
+/** Loads defaults ← file ← environment ← flags, validating each layer with the key named. */
+export function loadConfig(sources: ConfigSources = {}): AgentfleetConfig {
+  const env = sources.env ?? {};
+  let config = defaultConfig();
+  const file = sources.file ?? env.AGENTFLEET_CONFIG;
+  if (file) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (error) {
+      throw new ValidationError('config', `cannot read ${file}: ${(error as Error).message}`);
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (error) {
+      throw new ValidationError('config', `${file} is not valid JSON: ${(error as Error).message}`);
+    }
+    config = parseConfig(parsed, config);
+  }
+  config = parseConfig(parseEnv(env), config);
+  const flags = Object.fromEntries(Object.entries(sources.flags ?? {}).filter(([, v]) => v !== undefined));
+  return parseConfig(flags, config);
+}
+
+/** What the HTTP layer needs to know from the config. */
+export interface ServerOptions extends ApiOptions {
+  host: string;
+  port: number;
+  database: string;
+  logLevel: LogLevel;
+}
+
+/** The config compiled for its two consumers: the engine and the server. */
+export interface CompiledConfig {
+  manager: AgentManagerOptions;
+  server: ServerOptions;
+  agentTypes: Readonly<Record<string, AgentTypeConfig>>;
+}
+
+/** Turns a loaded config into `AgentManagerOptions` (camelCase, `…Ms`) and server options. */
+export function compileConfig(config: AgentfleetConfig): CompiledConfig {
+  const manager = Object.fromEntries(
+    ENGINE_KEYS.map(({ camel, snake }) => [camel, config[snake]]),
+  ) as AgentManagerOptions;
+  return {
+    manager,
+    server: {
+      host: config.host,
+      port: config.port,
+      database: config.database,
+      apiKeys: config.api_keys,
+      adminKeys: config.admin_keys,
+      bodyLimitBytes: config.body_limit_bytes,
+      maxDescriptionLength: config.max_description_length,
+      maxTimeoutMs: config.max_timeout_ms,
+      logLevel: config.log_level,
+    },
+    agentTypes: config.agent_types,
+  };
+}
