@@ -6,6 +6,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: 'forks',
-    globalSetup: [],
+    // Starts one embedded PostgreSQL for the run unless DATABASE_URL names one.
+    globalSetup: ['./test/support/postgres-global-setup.ts'],
   },
 });

@@ -316,6 +316,12 @@ export interface Store {
   /** The most recent events, newest first. */
   listEvents(userId: string | null, limit: number): Promise<StoredEvent[]>;
 
+  /**
+   * Optional: calls `listener` when another process may have made work available (a submit, a settle,
+   * a requeue), so an idle process wakes at once instead of at its next poll. Returns the unsubscribe.
+   */
+  onWake?(listener: () => void): () => void;
+
   /** Closes connections and files. Idempotent. */
   close(): Promise<void>;
 }

@@ -1,0 +1,580 @@
+/**
+ * Every SQL statement of the PostgreSQL store, one operation per function, parameters documented above
+ * it. `db` is the pool or a transaction; callers decide which. Tables are unqualified: the connection's
+ * `search_path` names the store's schema.
+ */
+import type postgres from 'postgres';
+import type { AgentStatus } from '../../domain/agent.js';
+import type { AttemptView, Priority, TaskStatus } from '../../domain/task.js';
+import type { NewAgent, NewTask, StoredEvent } from '../store.js';
+
+/** The pool or a transaction, with `bigint` columns parsed to numbers (epoch ms fit in 2^53). */
+export type Db = postgres.ISql<{ bigint: number }>;
+
+/** A row of `tasks`. */
+export interface TaskRow {
+  seq: number;
+  id: string;
+  user_id: string;
+  task_type: string;
+  description: string;
+  priority: Priority;
+  priority_key: number;
+  status: TaskStatus;
+  attempts: number;
+  max_retries: number;
+  timeout_ms: number | null;
+  agent_id: string | null;
+  input_json: string | null;
+  result_json: string | null;
+  error: string | null;
+  checkpoint_json: string | null;
+  idempotency_key: string | null;
+  cancel_requested: boolean;
+  created_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  run_at: number;
+  lease_owner: string | null;
+  lease_token: string | null;
+  lease_expires_at: number | null;
+}
+
+/** A row of `attempts`. */
+export interface AttemptRow {
+  id: number;
+  attempt: number;
+  agent_id: string | null;
+  started_at: number;
+  finished_at: number | null;
+  outcome: AttemptView['outcome'];
+  error: string | null;
+}
+
+/** A row of `agents`. */
+export interface AgentRow {
+  seq: number;
+  id: string;
+  user_id: string;
+  agent_type: string;
+  name: string;
+  status: AgentStatus;
+  created_at: number;
+  last_used_at: number | null;
+  current_task_id: string | null;
+  total_executions: number;
+  successful_executions: number;
+  consecutive_failures: number;
+  last_success_at: number | null;
+  last_failure_at: number | null;
+  unhealthy_since: number | null;
+  recoveries: number;
+}
+
+/** Summed `type_stats` of one task type. */
+export interface TypeStatsRow {
+  task_type: string;
+  succeeded: number;
+  failed: number;
+  cancelled: number;
+  retried: number;
+  execution_ms_total: number;
+  execution_count: number;
+}
+
+/** One row to add to `type_stats` (increments). */
+export interface StatsIncrement {
+  user_id: string;
+  task_type: string;
+  shard: number;
+  succeeded: number;
+  failed: number;
+  cancelled: number;
+  retried: number;
+  execution_ms_total: number;
+  execution_count: number;
+}
+
+/** A row of `events`. */
+export interface EventRow {
+  at_ms: number;
+  kind: string;
+  user_id: string | null;
+  task_id: string | null;
+  agent_id: string | null;
+  data_json: string;
+}
+
+/** One row `agentfleet_lease` returns: the leased task and its agent as JSON rows. */
+export interface LeaseRow {
+  o_task: TaskRow;
+  o_agent: AgentRow;
+  o_token: string;
+  o_created: boolean;
+}
+
+// ---- schema and migrations ----------------------------------------------------------------------
+
+/** Creates `schema` when missing. `schema` must already be validated as a plain identifier. */
+export async function createSchema(db: Db, schema: string): Promise<void> {
+  await db.unsafe(`CREATE SCHEMA IF NOT EXISTS "${schema}"`);
+}
+
+/**
+ * Takes a transaction-level advisory lock named `name` within the current schema (so stores in other
+ * schemas of the same database do not contend). Released at commit or rollback.
+ */
+export async function lockNamed(db: Db, name: string): Promise<void> {
+  await db`SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':' || ${name}::text, 0))`;
+}
+
+/**
+ * Like `lockNamed`, for the migration lock, keyed by the target schema name: before the first
+ * migration the schema may not exist yet, so `current_schema()` cannot name it.
+ */
+export async function lockMigrations(db: Db, schema: string): Promise<void> {
+  await db`SELECT pg_advisory_xact_lock(hashtextextended('agentfleet-migrate:' || ${schema}::text, 0))`;
+}
+
+/** Creates the table that records applied migrations. */
+export async function createMigrationsTable(db: Db): Promise<void> {
+  await db`CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL)`;
+}
+
+/** Versions already applied. */
+export async function appliedVersions(db: Db): Promise<number[]> {
+  const rows = await db<{ version: number }[]>`SELECT version FROM schema_migrations ORDER BY version`;
+  return rows.map((r) => r.version);
+}
+
+/** Runs a migration's SQL text (several statements, simple protocol). */
+export async function runMigrationSql(db: Db, sql: string): Promise<void> {
+  await db.unsafe(sql).simple();
+}
+
+/** Records migration `version` as applied at `nowMs`. */
+export async function recordMigration(db: Db, version: number, name: string, nowMs: number): Promise<void> {
+  await db`INSERT INTO schema_migrations (version, name, applied_at) VALUES (${version}, ${name}, ${nowMs})`;
+}
+
+// ---- admission ----------------------------------------------------------------------------------
+
+/** Number of tasks in status `queued` (queue capacity counts these). */
+export async function countQueued(db: Db): Promise<number> {
+  const [row] = await db<{ n: number }[]>`SELECT count(*)::integer AS n FROM tasks WHERE status = 'queued'`;
+  return row?.n ?? 0;
+}
+
+/** Number of active (queued + running) tasks of `userId`. */
+export async function countUserActive(db: Db, userId: string): Promise<number> {
+  const [row] = await db<{ n: number }[]>`SELECT count(*)::integer AS n FROM tasks
+    WHERE user_id = ${userId} AND status IN ('queued', 'running')`;
+  return row?.n ?? 0;
+}
+
+/** The task of `userId` with idempotency key `key`, if any. */
+export async function taskByKey(db: Db, userId: string, key: string): Promise<TaskRow | undefined> {
+  const [row] = await db<
+    TaskRow[]
+  >`SELECT * FROM tasks WHERE user_id = ${userId} AND idempotency_key = ${key}`;
+  return row;
+}
+
+/** Inserts `task` as queued, eligible at its creation time; returns the row. */
+export async function insertTask(db: Db, task: NewTask): Promise<TaskRow> {
+  const [row] = await db<
+    TaskRow[]
+  >`INSERT INTO tasks (id, user_id, task_type, description, priority, priority_key,
+      status, max_retries, timeout_ms, input_json, idempotency_key, created_at, run_at)
+    VALUES (${task.id}, ${task.userId}, ${task.taskType}, ${task.description}, ${task.priority}, ${task.priorityKey},
+      'queued', ${task.maxRetries}, ${task.timeoutMs}, ${task.inputJson}, ${task.idempotencyKey}, ${task.createdAtMs},
+      ${task.createdAtMs})
+    RETURNING *`;
+  if (!row) throw new Error(`insert of task ${task.id} returned no row`);
+  return row;
+}
+
+/** Sends `payload` on `channel`; delivered to listeners when the transaction commits. */
+export async function notify(db: Db, channel: string, payload: string): Promise<void> {
+  await db`SELECT pg_notify(${channel}, ${payload})`;
+}
+
+// ---- leasing, heartbeat, fencing ----------------------------------------------------------------
+
+/** Parameters of `leaseTasks` (see the `agentfleet_lease` function in migration 1). */
+export interface LeaseParams {
+  owner: string;
+  limit: number;
+  nowMs: number;
+  expiresMs: number;
+  excludeTypes: readonly string[];
+  typeCaps: Readonly<Record<string, number>>;
+  maxAgentsPerUser: number;
+  /** Ids for agents created by this call, used in order. */
+  agentIds: readonly string[];
+  /** One fencing token per leased task, used in order. */
+  tokens: readonly string[];
+  maxScan: number;
+}
+
+/** Leases tasks with the agent policy in one round trip (plpgsql `agentfleet_lease`). */
+export async function leaseTasks(db: Db, p: LeaseParams): Promise<LeaseRow[]> {
+  return db<LeaseRow[]>`SELECT * FROM agentfleet_lease(${p.owner}, ${p.limit}, ${p.nowMs}, ${p.expiresMs},
+    ${[...p.excludeTypes]}::text[], ${JSON.stringify(p.typeCaps)}::text::jsonb, ${p.maxAgentsPerUser},
+    ${[...p.agentIds]}::text[], ${[...p.tokens]}::text[], ${p.maxScan},
+    hashtext(current_schema() || ':agents'))`;
+}
+
+/**
+ * Extends every running lease of `owner` to `expiresMs`; returns those tasks (id, insertion order,
+ * whether their cancel was requested).
+ */
+export async function extendLeases(
+  db: Db,
+  owner: string,
+  expiresMs: number,
+): Promise<{ id: string; seq: number; cancel_requested: boolean }[]> {
+  const rows = await db<{ id: string; seq: number; cancel_requested: boolean }[]>`UPDATE tasks
+    SET lease_expires_at = ${expiresMs} WHERE status = 'running' AND lease_owner = ${owner}
+    RETURNING id, seq, cancel_requested`;
+  return [...rows];
+}
+
+/** The running task `id` if `token` is its current lease token, locked for update. */
+export async function lockTaskForSettle(db: Db, id: string, token: string): Promise<TaskRow | undefined> {
+  const [row] = await db<TaskRow[]>`SELECT * FROM tasks
+    WHERE id = ${id} AND status = 'running' AND lease_token = ${token} FOR UPDATE`;
+  return row;
+}
+
+/** The latest attempt of `taskId` still marked running. */
+export async function runningAttempt(db: Db, taskId: string): Promise<AttemptRow | undefined> {
+  const [row] = await db<AttemptRow[]>`SELECT * FROM attempts
+    WHERE task_id = ${taskId} AND outcome = 'running' ORDER BY id DESC LIMIT 1`;
+  return row;
+}
+
+/** Closes attempt `id` at `nowMs` with its outcome, error and counted execution time (or null). */
+export async function finishAttempt(
+  db: Db,
+  id: number,
+  nowMs: number,
+  outcome: AttemptView['outcome'],
+  error: string | null,
+  executionMs: number | null,
+): Promise<void> {
+  await db`UPDATE attempts SET finished_at = ${nowMs}, outcome = ${outcome}, error = ${error},
+    execution_ms = ${executionMs} WHERE id = ${id}`;
+}
+
+/** Writes a settled task's mutable fields back and clears its lease. */
+export async function writeTask(db: Db, row: TaskRow): Promise<void> {
+  await db`UPDATE tasks SET status = ${row.status}, attempts = ${row.attempts}, run_at = ${row.run_at},
+    error = ${row.error}, result_json = ${row.result_json}, finished_at = ${row.finished_at},
+    cancel_requested = ${row.cancel_requested}, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+    WHERE seq = ${row.seq}`;
+}
+
+/** Agent `id` (any user), locked for update. */
+export async function lockAgent(db: Db, id: string): Promise<AgentRow | undefined> {
+  const [row] = await db<AgentRow[]>`SELECT * FROM agents WHERE id = ${id} FOR UPDATE`;
+  return row;
+}
+
+/** Writes an agent's status and health fields back. */
+export async function writeAgent(db: Db, row: AgentRow): Promise<void> {
+  await db`UPDATE agents SET status = ${row.status}, current_task_id = ${row.current_task_id},
+    total_executions = ${row.total_executions}, successful_executions = ${row.successful_executions},
+    consecutive_failures = ${row.consecutive_failures}, last_success_at = ${row.last_success_at},
+    last_failure_at = ${row.last_failure_at}, unhealthy_since = ${row.unhealthy_since}, recoveries = ${row.recoveries}
+    WHERE seq = ${row.seq}`;
+}
+
+/**
+ * Adds increments to `type_stats`. Rows must be unique by (user, type, shard) and sorted, so two
+ * transactions lock stats rows in the same order and cannot deadlock on them.
+ */
+export async function addStats(db: Db, rows: readonly StatsIncrement[]): Promise<void> {
+  if (rows.length === 0) return;
+  await db`INSERT INTO type_stats ${db(rows as StatsIncrement[])}
+    ON CONFLICT (user_id, task_type, shard) DO UPDATE SET
+      succeeded = type_stats.succeeded + excluded.succeeded,
+      failed = type_stats.failed + excluded.failed,
+      cancelled = type_stats.cancelled + excluded.cancelled,
+      retried = type_stats.retried + excluded.retried,
+      execution_ms_total = type_stats.execution_ms_total + excluded.execution_ms_total,
+      execution_count = type_stats.execution_count + excluded.execution_count`;
+}
+
+/** Saves a checkpoint on task `id` if `token` is its current lease; returns whether it did. */
+export async function saveCheckpoint(
+  db: Db,
+  id: string,
+  token: string,
+  stateJson: string,
+  nowMs: number,
+): Promise<boolean> {
+  const result = await db`UPDATE tasks SET checkpoint_json = ${stateJson}, checkpoint_at = ${nowMs}
+    WHERE id = ${id} AND status = 'running' AND lease_token = ${token}`;
+  return result.count > 0;
+}
+
+// ---- recovery -----------------------------------------------------------------------------------
+
+/**
+ * Running tasks whose lease expired before `nowMs`, locked; rows another recovery monitor is already
+ * taking back are skipped, so monitors on every instance never reclaim one task twice.
+ */
+export async function lockExpired(db: Db, nowMs: number): Promise<TaskRow[]> {
+  const rows = await db<
+    TaskRow[]
+  >`SELECT * FROM tasks WHERE status = 'running' AND lease_expires_at < ${nowMs}
+    ORDER BY seq FOR UPDATE SKIP LOCKED`;
+  return [...rows];
+}
+
+/** Frees agents `busy` without a running task of theirs; returns them in insertion order. */
+export async function freeStuckAgents(db: Db): Promise<{ id: string; seq: number }[]> {
+  const rows = await db<
+    { id: string; seq: number }[]
+  >`UPDATE agents a SET status = 'idle', current_task_id = NULL
+    WHERE a.status = 'busy' AND NOT EXISTS (SELECT 1 FROM tasks t
+      WHERE t.id = a.current_task_id AND t.status = 'running' AND t.agent_id = a.id)
+    RETURNING a.id, a.seq`;
+  return [...rows].sort((x, y) => x.seq - y.seq);
+}
+
+/** Unhealthy agents unhealthy since `sinceMs` or earlier, locked (others' locked rows skipped). */
+export async function lockCooledDown(db: Db, sinceMs: number): Promise<AgentRow[]> {
+  const rows = await db<
+    AgentRow[]
+  >`SELECT * FROM agents WHERE status = 'unhealthy' AND unhealthy_since <= ${sinceMs}
+    ORDER BY seq FOR UPDATE SKIP LOCKED`;
+  return [...rows];
+}
+
+/** Retires agent row `seq` at `nowMs`. */
+export async function retireAgentRow(db: Db, seq: number, nowMs: number): Promise<void> {
+  await db`UPDATE agents SET status = 'retired', retired_at = ${nowMs} WHERE seq = ${seq}`;
+}
+
+/** Puts agent row `seq` back on probation with `failures` consecutive failures. */
+export async function probation(db: Db, seq: number, failures: number): Promise<void> {
+  await db`UPDATE agents SET status = 'idle', current_task_id = NULL, unhealthy_since = NULL,
+    recoveries = recoveries + 1, consecutive_failures = ${failures} WHERE seq = ${seq}`;
+}
+
+// ---- tasks --------------------------------------------------------------------------------------
+
+/** Task `id`, or undefined when missing or (with `userId`) not that user's; optionally locked. */
+export async function taskById(
+  db: Db,
+  id: string,
+  userId: string | null,
+  forUpdate = false,
+): Promise<TaskRow | undefined> {
+  const [row] = forUpdate
+    ? await db<
+        TaskRow[]
+      >`SELECT * FROM tasks WHERE id = ${id} AND (${userId}::text IS NULL OR user_id = ${userId})
+        FOR UPDATE`
+    : await db<
+        TaskRow[]
+      >`SELECT * FROM tasks WHERE id = ${id} AND (${userId}::text IS NULL OR user_id = ${userId})`;
+  return row;
+}
+
+/** Attempts of task `taskId`, oldest first. */
+export async function attemptsOf(db: Db, taskId: string): Promise<AttemptRow[]> {
+  const rows = await db<AttemptRow[]>`SELECT * FROM attempts WHERE task_id = ${taskId} ORDER BY id`;
+  return [...rows];
+}
+
+/** Filters of `listTaskRows`; null means "any". */
+export interface TaskListParams {
+  userId: string | null;
+  status: string | null;
+  taskType: string | null;
+  priority: string | null;
+  /** Only rows with `seq` below this (the cursor). */
+  beforeSeq: number;
+  limit: number;
+}
+
+/** Tasks matching the filters, newest first. */
+export async function listTaskRows(db: Db, p: TaskListParams): Promise<TaskRow[]> {
+  const rows = await db<TaskRow[]>`SELECT * FROM tasks
+    WHERE (${p.userId}::text IS NULL OR user_id = ${p.userId})
+      AND (${p.status}::text IS NULL OR status = ${p.status})
+      AND (${p.taskType}::text IS NULL OR task_type = ${p.taskType})
+      AND (${p.priority}::text IS NULL OR priority = ${p.priority})
+      AND seq < ${p.beforeSeq}
+    ORDER BY seq DESC LIMIT ${p.limit}`;
+  return [...rows];
+}
+
+/** Cancels queued task row `seq` at `nowMs`; returns the row. */
+export async function cancelQueued(db: Db, seq: number, nowMs: number): Promise<TaskRow> {
+  const [row] = await db<TaskRow[]>`UPDATE tasks SET status = 'cancelled', cancel_requested = true,
+    finished_at = ${nowMs}, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+    WHERE seq = ${seq} RETURNING *`;
+  if (!row) throw new Error(`task row ${seq} vanished inside its transaction`);
+  return row;
+}
+
+/** Marks running task row `seq` for its holder to abort; returns the row. */
+export async function markCancel(db: Db, seq: number): Promise<TaskRow> {
+  const [row] = await db<TaskRow[]>`UPDATE tasks SET cancel_requested = true WHERE seq = ${seq} RETURNING *`;
+  if (!row) throw new Error(`task row ${seq} vanished inside its transaction`);
+  return row;
+}
+
+/** Puts failed task row `seq` back in the queue at `nowMs` with attempts reset; returns the row. */
+export async function requeueRow(db: Db, seq: number, nowMs: number): Promise<TaskRow> {
+  const [row] = await db<TaskRow[]>`UPDATE tasks SET status = 'queued', attempts = 0, run_at = ${nowMs},
+    agent_id = NULL, started_at = NULL, finished_at = NULL, cancel_requested = false
+    WHERE seq = ${seq} RETURNING *`;
+  if (!row) throw new Error(`task row ${seq} vanished inside its transaction`);
+  return row;
+}
+
+/** Task counts by status, for one user or (null) all. */
+export async function countTasksByStatus(
+  db: Db,
+  userId: string | null,
+): Promise<{ status: TaskStatus; n: number }[]> {
+  const rows = await db<{ status: TaskStatus; n: number }[]>`SELECT status, count(*)::integer AS n FROM tasks
+    WHERE (${userId}::text IS NULL OR user_id = ${userId}) GROUP BY status`;
+  return [...rows];
+}
+
+/** Earliest `run_at` after `nowMs` among queued tasks not of `excludeTypes`, or null. */
+export async function nextRunAt(
+  db: Db,
+  nowMs: number,
+  excludeTypes: readonly string[],
+): Promise<number | null> {
+  const [row] = await db<{ t: number | null }[]>`SELECT min(run_at) AS t FROM tasks
+    WHERE status = 'queued' AND run_at > ${nowMs} AND NOT (task_type = ANY (${[...excludeTypes]}::text[]))`;
+  return row?.t ?? null;
+}
+
+// ---- agents -------------------------------------------------------------------------------------
+
+/**
+ * Takes the schema's agent-creation lock (the one `agentfleet_lease` takes before creating an agent),
+ * so agent-limit counts are exact across processes. Waits for it; released at commit.
+ */
+export async function lockAgentCreation(db: Db): Promise<void> {
+  await db`SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':agents'), 0)`;
+}
+
+/** Number of agents of `userId` that are not retired. */
+export async function countUserAgents(db: Db, userId: string): Promise<number> {
+  const [row] = await db<{ n: number }[]>`SELECT count(*)::integer AS n FROM agents
+    WHERE user_id = ${userId} AND status <> 'retired'`;
+  return row?.n ?? 0;
+}
+
+/** Inserts an idle agent; returns the row. */
+export async function insertAgent(db: Db, agent: NewAgent): Promise<AgentRow> {
+  const [row] = await db<AgentRow[]>`INSERT INTO agents (id, user_id, agent_type, name, status, created_at)
+    VALUES (${agent.id}, ${agent.userId}, ${agent.agentType}, ${agent.name}, 'idle', ${agent.createdAtMs})
+    RETURNING *`;
+  if (!row) throw new Error(`insert of agent ${agent.id} returned no row`);
+  return row;
+}
+
+/** Agent `id`, or undefined when missing or (with `userId`) not that user's; optionally locked. */
+export async function agentById(
+  db: Db,
+  id: string,
+  userId: string | null,
+  forUpdate = false,
+): Promise<AgentRow | undefined> {
+  const [row] = forUpdate
+    ? await db<
+        AgentRow[]
+      >`SELECT * FROM agents WHERE id = ${id} AND (${userId}::text IS NULL OR user_id = ${userId})
+        FOR UPDATE`
+    : await db<
+        AgentRow[]
+      >`SELECT * FROM agents WHERE id = ${id} AND (${userId}::text IS NULL OR user_id = ${userId})`;
+  return row;
+}
+
+/** Agents matching the filters (null = any), oldest first. */
+export async function listAgentRows(
+  db: Db,
+  userId: string | null,
+  status: string | null,
+  agentType: string | null,
+): Promise<AgentRow[]> {
+  const rows = await db<AgentRow[]>`SELECT * FROM agents
+    WHERE (${userId}::text IS NULL OR user_id = ${userId})
+      AND (${status}::text IS NULL OR status = ${status})
+      AND (${agentType}::text IS NULL OR agent_type = ${agentType})
+    ORDER BY created_at, seq`;
+  return [...rows];
+}
+
+/** Agent counts by status, for one user or (null) all. */
+export async function countAgentsByStatus(
+  db: Db,
+  userId: string | null,
+): Promise<{ status: AgentStatus; n: number }[]> {
+  const rows = await db<
+    { status: AgentStatus; n: number }[]
+  >`SELECT status, count(*)::integer AS n FROM agents
+    WHERE (${userId}::text IS NULL OR user_id = ${userId}) GROUP BY status`;
+  return [...rows];
+}
+
+/** Ids of unhealthy agents, for one user or (null) all, oldest first. */
+export async function unhealthyAgentIds(db: Db, userId: string | null): Promise<string[]> {
+  const rows = await db<{ id: string }[]>`SELECT id FROM agents
+    WHERE status = 'unhealthy' AND (${userId}::text IS NULL OR user_id = ${userId}) ORDER BY seq`;
+  return rows.map((r) => r.id);
+}
+
+/** Agents ever created (retired included), for one user or (null) all. */
+export async function countAgentsCreated(db: Db, userId: string | null): Promise<number> {
+  const [row] = await db<{ n: number }[]>`SELECT count(*)::integer AS n FROM agents
+    WHERE (${userId}::text IS NULL OR user_id = ${userId})`;
+  return row?.n ?? 0;
+}
+
+// ---- statistics and events ----------------------------------------------------------------------
+
+/** Per-type totals summed over users and shards, for one user or (null) all, by type name. */
+export async function typeStats(db: Db, userId: string | null): Promise<TypeStatsRow[]> {
+  const rows = await db<TypeStatsRow[]>`SELECT task_type,
+      sum(succeeded)::bigint AS succeeded, sum(failed)::bigint AS failed, sum(cancelled)::bigint AS cancelled,
+      sum(retried)::bigint AS retried, sum(execution_ms_total)::bigint AS execution_ms_total,
+      sum(execution_count)::bigint AS execution_count
+    FROM type_stats WHERE (${userId}::text IS NULL OR user_id = ${userId})
+    GROUP BY task_type ORDER BY task_type`;
+  return [...rows];
+}
+
+/** Inserts events in one statement. */
+export async function insertEvents(db: Db, events: readonly StoredEvent[]): Promise<void> {
+  if (events.length === 0) return;
+  const rows: EventRow[] = events.map((e) => ({
+    at_ms: e.atMs,
+    kind: e.kind,
+    user_id: e.userId,
+    task_id: e.taskId,
+    agent_id: e.agentId,
+    data_json: JSON.stringify(e.data),
+  }));
+  await db`INSERT INTO events ${db(rows)}`;
+}
+
+/** The most recent `limit` events, newest first, for one user or (null) all. */
+export async function listEventRows(db: Db, userId: string | null, limit: number): Promise<EventRow[]> {
+  const rows = await db<EventRow[]>`SELECT at_ms, kind, user_id, task_id, agent_id, data_json FROM events
+    WHERE (${userId}::text IS NULL OR user_id = ${userId}) ORDER BY at_ms DESC, id DESC LIMIT ${limit}`;
+  return [...rows];
+}

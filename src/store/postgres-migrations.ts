@@ -1,0 +1,239 @@
+/**
+ * Schema migrations of the PostgreSQL store. Numbered, applied in order, one transaction each, under a
+ * transaction-level advisory lock, recorded in `schema_migrations`. A migration is never edited after
+ * it lands: a change is a new, higher number.
+ *
+ * Conventions (the same as SQLite's, so both stores behave alike): times are `bigint` epoch
+ * milliseconds; JSON values are stored as text and parsed only when a view is built; `seq` columns are
+ * insertion order (FIFO ties, cursors, "oldest first"). Tables are created unqualified, in the first
+ * schema of the connection's `search_path` (the store's `schema` option).
+ */
+
+/** One schema change. */
+export interface PostgresMigration {
+  readonly version: number;
+  readonly name: string;
+  readonly sql: string;
+}
+
+/** Every migration, in version order. Append only. */
+export const POSTGRES_MIGRATIONS: readonly PostgresMigration[] = [
+  {
+    version: 1,
+    name: 'initial schema',
+    sql: `
+CREATE TABLE tasks (
+  seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  id text NOT NULL UNIQUE,
+  user_id text NOT NULL,
+  task_type text NOT NULL,
+  description text NOT NULL,
+  priority text NOT NULL CHECK (priority IN ('urgent', 'high', 'medium', 'low')),
+  priority_key bigint NOT NULL,
+  status text NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+  attempts integer NOT NULL DEFAULT 0,
+  max_retries integer NOT NULL,
+  timeout_ms bigint,
+  agent_id text,
+  input_json text,
+  result_json text,
+  error text,
+  checkpoint_json text,
+  checkpoint_at bigint,
+  idempotency_key text,
+  cancel_requested boolean NOT NULL DEFAULT false,
+  created_at bigint NOT NULL,
+  started_at bigint,
+  finished_at bigint,
+  run_at bigint NOT NULL,
+  lease_owner text,
+  lease_token text,
+  lease_expires_at bigint
+);
+-- The lease scan: queued tasks by priority key, FIFO on ties. Partial, so it only holds the queue.
+CREATE INDEX tasks_lease_order ON tasks (priority_key DESC, seq) WHERE status = 'queued';
+-- Retry delays: the earliest future run_at (nextRunAt).
+CREATE INDEX tasks_queued_run_at ON tasks (run_at) WHERE status = 'queued';
+-- Heartbeats and reclaim touch only running tasks.
+CREATE INDEX tasks_running_owner ON tasks (lease_owner) WHERE status = 'running';
+CREATE INDEX tasks_running_expiry ON tasks (lease_expires_at) WHERE status = 'running';
+-- Per-user admission counts and listing newest first.
+CREATE INDEX tasks_user_status ON tasks (user_id, status);
+CREATE INDEX tasks_user_seq ON tasks (user_id, seq);
+CREATE INDEX tasks_status ON tasks (status);
+CREATE UNIQUE INDEX tasks_idempotency ON tasks (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+
+CREATE TABLE attempts (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  task_id text NOT NULL REFERENCES tasks (id),
+  attempt integer NOT NULL,
+  agent_id text,
+  lease_owner text,
+  started_at bigint NOT NULL,
+  finished_at bigint,
+  outcome text NOT NULL CHECK (outcome IN ('running', 'succeeded', 'failed', 'cancelled', 'released', 'lost')),
+  error text,
+  execution_ms bigint
+);
+CREATE INDEX attempts_task ON attempts (task_id, id);
+
+CREATE TABLE agents (
+  seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  id text NOT NULL UNIQUE,
+  user_id text NOT NULL,
+  agent_type text NOT NULL,
+  name text NOT NULL,
+  status text NOT NULL CHECK (status IN ('idle', 'busy', 'unhealthy', 'retired')),
+  created_at bigint NOT NULL,
+  last_used_at bigint,
+  current_task_id text,
+  total_executions integer NOT NULL DEFAULT 0,
+  successful_executions integer NOT NULL DEFAULT 0,
+  consecutive_failures integer NOT NULL DEFAULT 0,
+  last_success_at bigint,
+  last_failure_at bigint,
+  unhealthy_since bigint,
+  recoveries integer NOT NULL DEFAULT 0,
+  retired_at bigint
+);
+-- Agent selection: the user's least-recently-used idle agent of a type.
+CREATE INDEX agents_pick ON agents (user_id, agent_type, status, last_used_at);
+CREATE INDEX agents_status ON agents (status);
+
+-- Totals that never go down, per user and type, updated inside the settling transaction. Each
+-- (user, type) is spread over a few shard rows so settles in several processes do not queue on one
+-- hot row lock; readers sum the shards.
+CREATE TABLE type_stats (
+  user_id text NOT NULL,
+  task_type text NOT NULL,
+  shard smallint NOT NULL,
+  succeeded bigint NOT NULL DEFAULT 0,
+  failed bigint NOT NULL DEFAULT 0,
+  cancelled bigint NOT NULL DEFAULT 0,
+  retried bigint NOT NULL DEFAULT 0,
+  execution_ms_total bigint NOT NULL DEFAULT 0,
+  execution_count bigint NOT NULL DEFAULT 0,
+  PRIMARY KEY (user_id, task_type, shard)
+);
+
+CREATE TABLE events (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  at_ms bigint NOT NULL,
+  kind text NOT NULL,
+  user_id text,
+  task_id text,
+  agent_id text,
+  data_json text NOT NULL
+);
+CREATE INDEX events_recent ON events (at_ms, id);
+CREATE INDEX events_user ON events (user_id, at_ms, id);
+
+-- Leases up to p_limit tasks in one round trip, with the agent policy of LeaseRequest (the same walk
+-- as the SQLite store's, in priority-key order). Candidates are taken one row at a time with
+-- FOR UPDATE SKIP LOCKED, so concurrent leasers in other processes walk past each other's rows instead
+-- of waiting or double-leasing, and a call locks only the rows it looks at.
+-- Creating an agent first takes the schema's agent-creation advisory lock (waiting for it), so the
+-- agent-limit count includes agents other leasers are creating right now. It is one lock, never
+-- waited for while holding another (every row lock here is SKIP LOCKED), so it cannot deadlock; and
+-- once agents exist, calls that reuse idle agents never take it.
+--   p_owner       instance id recorded on the leased tasks and attempts
+--   p_limit       most tasks to lease
+--   p_now         epoch ms; tasks with run_at <= p_now are eligible
+--   p_expires     lease expiry (epoch ms) written to each leased task
+--   p_exclude     task types not to lease
+--   p_caps        {type: n}: at most n tasks of that type in this call
+--   p_max_agents  the user's limit of agents that are not retired
+--   p_agent_ids   ids for agents created here, used in order
+--   p_tokens      one fencing token per leased task, used in order
+--   p_max_scan    most queued rows looked at
+--   p_lock_ns     key (per schema) of the agent-creation advisory lock
+CREATE FUNCTION agentfleet_lease(
+  p_owner text, p_limit integer, p_now bigint, p_expires bigint, p_exclude text[], p_caps jsonb,
+  p_max_agents integer, p_agent_ids text[], p_tokens text[], p_max_scan integer, p_lock_ns integer
+) RETURNS TABLE (o_task jsonb, o_agent jsonb, o_token text, o_created boolean)
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+#variable_conflict use_column
+DECLARE
+  t tasks%ROWTYPE;
+  a agents%ROWTYPE;
+  leased integer := 0;
+  created integer := 0;
+  scanned integer := 0;
+  after_key bigint := 9223372036854775807;
+  after_seq bigint := 0;
+  used jsonb := '{}'::jsonb;
+  blocked text[] := '{}';
+  creation_locked boolean := false;
+  pair text;
+  cap integer;
+  n integer;
+  is_new boolean;
+BEGIN
+  WHILE leased < p_limit AND scanned < p_max_scan LOOP
+    SELECT * INTO t FROM tasks
+      WHERE status = 'queued' AND run_at <= p_now AND NOT (task_type = ANY (p_exclude))
+        AND (priority_key < after_key OR (priority_key = after_key AND seq > after_seq))
+      ORDER BY priority_key DESC, seq ASC
+      LIMIT 1
+      FOR UPDATE SKIP LOCKED;
+    EXIT WHEN NOT FOUND;
+    scanned := scanned + 1;
+    after_key := t.priority_key;
+    after_seq := t.seq;
+    cap := (p_caps ->> t.task_type)::integer;
+    IF cap IS NOT NULL AND COALESCE((used ->> t.task_type)::integer, 0) >= cap THEN
+      CONTINUE;
+    END IF;
+    pair := t.user_id || chr(1) || t.task_type;
+    IF pair = ANY (blocked) THEN
+      CONTINUE;
+    END IF;
+    is_new := false;
+    SELECT * INTO a FROM agents
+      WHERE user_id = t.user_id AND agent_type = t.task_type AND status = 'idle'
+      ORDER BY last_used_at ASC NULLS FIRST, created_at ASC, seq ASC
+      LIMIT 1
+      FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+      IF created >= COALESCE(array_length(p_agent_ids, 1), 0) THEN
+        blocked := blocked || pair;
+        CONTINUE;
+      END IF;
+      IF NOT creation_locked THEN
+        PERFORM pg_advisory_xact_lock(p_lock_ns, 0);
+        creation_locked := true;
+      END IF;
+      SELECT count(*) INTO n FROM agents WHERE user_id = t.user_id AND status <> 'retired';
+      IF n >= p_max_agents THEN
+        blocked := blocked || pair;
+        CONTINUE;
+      END IF;
+      SELECT count(*) INTO n FROM agents WHERE user_id = t.user_id AND agent_type = t.task_type;
+      created := created + 1;
+      INSERT INTO agents (id, user_id, agent_type, name, status, created_at)
+        VALUES (p_agent_ids[created], t.user_id, t.task_type, t.task_type || '-' || (n + 1), 'idle', p_now)
+        RETURNING * INTO a;
+      is_new := true;
+    END IF;
+    leased := leased + 1;
+    UPDATE tasks SET status = 'running', attempts = attempts + 1, agent_id = a.id, started_at = p_now,
+        finished_at = NULL, lease_owner = p_owner, lease_token = p_tokens[leased], lease_expires_at = p_expires
+      WHERE seq = t.seq
+      RETURNING * INTO t;
+    INSERT INTO attempts (task_id, attempt, agent_id, lease_owner, started_at, outcome)
+      VALUES (t.id, t.attempts, a.id, p_owner, p_now, 'running');
+    UPDATE agents SET status = 'busy', current_task_id = t.id, last_used_at = p_now
+      WHERE seq = a.seq
+      RETURNING * INTO a;
+    used := jsonb_set(used, ARRAY[t.task_type], to_jsonb(COALESCE((used ->> t.task_type)::integer, 0) + 1));
+    o_task := to_jsonb(t);
+    o_agent := to_jsonb(a);
+    o_token := p_tokens[leased];
+    o_created := is_new;
+    RETURN NEXT;
+  END LOOP;
+END;
+$$;
+`,
+  },
+];

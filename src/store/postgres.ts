@@ -1,0 +1,941 @@
+/**
+ * The scale-out store: many agentfleet processes sharing one PostgreSQL database through the
+ * `postgres` client. Semantics are the SQLite store's, operation by operation; what differs is how
+ * concurrent processes are kept apart:
+ *
+ * - Leasing is one call of the plpgsql function `agentfleet_lease` (one round trip), which locks
+ *   candidates with `FOR UPDATE SKIP LOCKED`, so concurrent leasers never receive the same task.
+ * - Admission (queue capacity, per-user limit, idempotency) runs under one advisory lock per schema,
+ *   so counts are exact across processes; batches are group-committed, so the lock is taken per batch.
+ * - Agent creation takes an advisory lock, so the agent limit holds across processes (idle agents are
+ *   reused without it).
+ * - Every settle and checkpoint is fenced by the lease token, under a row lock on the task.
+ * - Submits, settles, requeues and reclaims `NOTIFY` a per-schema channel; `onWake` listeners in
+ *   other processes fire on commit, so an idle process wakes within milliseconds.
+ * - Lost connections surface as `StoreUnavailableError` (retryable) instead of hanging; the client
+ *   reconnects on the next call. Serialization failures and deadlocks are retried here.
+ *
+ * All SQL lives in pg/queries.ts and postgres-migrations.ts.
+ */
+import { randomBytes } from 'node:crypto';
+import postgres from 'postgres';
+import { AGENT_STATUSES, type AgentStatus, type AgentView } from '../domain/agent.js';
+import {
+  AgentfleetError,
+  InvalidStateError,
+  NotFoundError,
+  QueueFullError,
+  StoreUnavailableError,
+  UserAgentLimitError,
+  UserTaskLimitError,
+  ValidationError,
+} from '../domain/errors.js';
+import { type AttemptView, TASK_STATUSES, type TaskDetail, type TaskView } from '../domain/task.js';
+import type { AgentRow, AttemptRow, Db, StatsIncrement, TaskRow } from './pg/queries.js';
+import * as q from './pg/queries.js';
+import { POSTGRES_MIGRATIONS } from './postgres-migrations.js';
+import type {
+  AdmissionLimits,
+  AgentFilter,
+  FleetStats,
+  HealthRules,
+  LeasedTask,
+  LeaseRequest,
+  NewAgent,
+  NewTask,
+  ReclaimedTask,
+  RecoveryResult,
+  SettleRequest,
+  SettleResult,
+  StatusCounts,
+  Store,
+  StoredEvent,
+  SubmitOutcome,
+  TaskFilter,
+  TaskPage,
+  TypeStats,
+} from './store.js';
+
+/** Options of `PostgresStore.connect`. */
+export interface PostgresStoreOptions {
+  /** Schema holding the tables; created when missing and set as `search_path` of every connection. Default: the server's. */
+  schema?: string;
+  /** Most pooled connections (plus one for LISTEN). Default 10. */
+  max?: number;
+  /** How long opening a connection may take before the call fails with StoreUnavailableError. Default 10 000. */
+  connectTimeoutMs?: number;
+  /** `application_name` of the connections, as `pg_stat_activity` shows it. Default `agentfleet`. */
+  applicationName?: string;
+}
+
+/**
+ * Most queued rows one lease call looks at (the same bound as the SQLite store): it covers the default
+ * queue capacity several times over, while keeping a poll over a mostly blocked backlog bounded.
+ */
+const LEASE_SCAN_MIN = 10_000;
+/** Stats shards per (user, type): enough that a handful of processes rarely wait on the same row. */
+const STATS_SHARDS = 8;
+/** Tries of one operation that hit a serialization failure or deadlock (PostgreSQL aborts one side). */
+const MAX_CONFLICT_TRIES = 5;
+/** SQLSTATEs that mean "retry the transaction": serialization_failure, deadlock_detected. */
+const CONFLICT_CODES = new Set(['40001', '40P01']);
+/**
+ * Error codes that mean the database could not be reached or dropped the connection: the client's own
+ * codes, socket errors, and server states (admin/crash shutdown, cannot connect now, too many
+ * connections). SQLSTATE class 08 (connection exception) is matched by prefix.
+ */
+const CONNECTION_CODES = new Set([
+  'CONNECTION_CLOSED',
+  'CONNECTION_ENDED',
+  'CONNECTION_DESTROYED',
+  'CONNECT_TIMEOUT',
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'ENOTFOUND',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+  '57P01',
+  '57P02',
+  '57P03',
+  '53300',
+]);
+const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/** How an operation talks to the database, which decides what may be retried after an error. */
+type Mode =
+  /** Reads: safe to run again after a dropped connection. */
+  | 'read'
+  /** Several statements in one transaction; not retried after a dropped connection (it may have committed). */
+  | 'tx'
+  /** One self-contained statement (its own transaction); retried only on conflicts. */
+  | 'statement';
+
+function iso(ms: number | null): string | null {
+  return ms === null ? null : new Date(ms).toISOString();
+}
+
+function parseJson(text: string | null): unknown {
+  return text === null ? null : JSON.parse(text);
+}
+
+function toTaskView(row: TaskRow): TaskView {
+  return {
+    id: row.id,
+    task_type: row.task_type,
+    description: row.description,
+    priority: row.priority,
+    status: row.status,
+    attempts: row.attempts,
+    max_retries: row.max_retries,
+    agent_id: row.agent_id,
+    created_at: new Date(row.created_at).toISOString(),
+    started_at: iso(row.started_at),
+    finished_at: iso(row.finished_at),
+    run_at: new Date(row.run_at).toISOString(),
+    result: parseJson(row.result_json),
+    error: row.error,
+    checkpoint: parseJson(row.checkpoint_json),
+    idempotency_key: row.idempotency_key,
+    input: parseJson(row.input_json),
+    timeout_ms: row.timeout_ms,
+    user_id: row.user_id,
+  };
+}
+
+function toAgentView(row: AgentRow): AgentView {
+  return {
+    id: row.id,
+    agent_type: row.agent_type,
+    name: row.name,
+    status: row.status,
+    created_at: new Date(row.created_at).toISOString(),
+    user_id: row.user_id,
+    current_task_id: row.current_task_id,
+    recoveries: row.recoveries,
+    health: {
+      total_executions: row.total_executions,
+      successful_executions: row.successful_executions,
+      consecutive_failures: row.consecutive_failures,
+      last_success_at: iso(row.last_success_at),
+      last_failure_at: iso(row.last_failure_at),
+    },
+  };
+}
+
+function toAttemptView(row: AttemptRow): AttemptView {
+  return {
+    attempt: row.attempt,
+    agent_id: row.agent_id,
+    started_at: new Date(row.started_at).toISOString(),
+    finished_at: iso(row.finished_at),
+    outcome: row.outcome,
+    error: row.error,
+  };
+}
+
+function encodeCursor(seq: number): string {
+  return Buffer.from(`s${seq}`, 'utf8').toString('base64url');
+}
+
+function decodeCursor(cursor: string): number {
+  const text = Buffer.from(cursor, 'base64url').toString('utf8');
+  const match = /^s(\d{1,15})$/.exec(text);
+  if (!match?.[1]) throw new ValidationError('cursor', 'not a cursor returned by a previous page');
+  return Number(match[1]);
+}
+
+function errorCode(error: unknown): string | undefined {
+  if (typeof error === 'object' && error !== null && 'code' in error) {
+    const code = (error as { code: unknown }).code;
+    return typeof code === 'string' ? code : undefined;
+  }
+  return undefined;
+}
+
+/** True when `error` means the connection failed or was lost (not a bug, not a constraint). */
+export function isConnectionError(error: unknown): boolean {
+  const code = errorCode(error);
+  if (code === undefined) return false;
+  return CONNECTION_CODES.has(code) || code.startsWith('08');
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Per-transaction accumulator of `type_stats` increments, written once, sorted, at the end. */
+class StatsBatch {
+  private readonly rows = new Map<string, StatsIncrement>();
+  private readonly shard = Math.floor(Math.random() * STATS_SHARDS);
+
+  add(
+    userId: string,
+    taskType: string,
+    delta: {
+      succeeded?: number;
+      failed?: number;
+      cancelled?: number;
+      retried?: number;
+      executionMs?: number;
+    },
+  ): void {
+    const key = `${userId}\u0000${taskType}`;
+    let row = this.rows.get(key);
+    if (!row) {
+      row = {
+        user_id: userId,
+        task_type: taskType,
+        shard: this.shard,
+        succeeded: 0,
+        failed: 0,
+        cancelled: 0,
+        retried: 0,
+        execution_ms_total: 0,
+        execution_count: 0,
+      };
+      this.rows.set(key, row);
+    }
+    row.succeeded += delta.succeeded ?? 0;
+    row.failed += delta.failed ?? 0;
+    row.cancelled += delta.cancelled ?? 0;
+    row.retried += delta.retried ?? 0;
+    if (delta.executionMs !== undefined) {
+      row.execution_ms_total += Math.max(0, delta.executionMs);
+      row.execution_count += 1;
+    }
+  }
+
+  async flush(db: Db): Promise<void> {
+    const sorted = [...this.rows.entries()]
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([, r]) => r);
+    this.rows.clear();
+    await q.addStats(db, sorted);
+  }
+}
+
+type Pool = postgres.Sql<{ bigint: number }>;
+
+/** The PostgreSQL implementation of the Store port (scale-out mode). */
+export class PostgresStore implements Store {
+  readonly kind = 'postgres';
+  /** Identifies this store's own notifications, so it wakes only on other processes' work. */
+  private readonly instanceId = randomBytes(8).toString('hex');
+  private readonly wakeListeners = new Set<() => void>();
+  private state: 'open' | 'closing' | 'closed' = 'open';
+  private closing: Promise<void> | null = null;
+
+  private constructor(
+    private readonly sql: Pool,
+    /** The NOTIFY channel of this schema. */
+    private readonly channel: string,
+  ) {}
+
+  /**
+   * Connects to `url`, applies pending migrations (once across processes) and starts listening for
+   * other processes' wake-ups. Fails with StoreUnavailableError when the database cannot be reached.
+   */
+  static async connect(url: string, options: PostgresStoreOptions = {}): Promise<PostgresStore> {
+    const schema = options.schema;
+    if (schema !== undefined && !SCHEMA_NAME.test(schema)) {
+      throw new ValidationError(
+        'schema',
+        `must be a lower-case identifier (a-z, 0-9, _), got ${JSON.stringify(schema)}`,
+      );
+    }
+    const max = options.max ?? 10;
+    if (!Number.isInteger(max) || max < 1)
+      throw new ValidationError('max', `must be an integer >= 1, got ${max}`);
+    const connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
+    if (!Number.isFinite(connectTimeoutMs) || connectTimeoutMs <= 0) {
+      throw new ValidationError('connectTimeoutMs', `must be a positive number, got ${connectTimeoutMs}`);
+    }
+    const sql = postgres(url, {
+      max,
+      connect_timeout: Math.max(1, Math.ceil(connectTimeoutMs / 1000)),
+      // Idle connections are closed after a while, so a restarted server does not leave stale ones.
+      idle_timeout: 60,
+      onnotice: () => {},
+      connection: {
+        application_name: options.applicationName ?? 'agentfleet',
+        ...(schema === undefined ? {} : { search_path: schema }),
+      },
+      types: {
+        // Epoch milliseconds and counts are bigint; all fit in a double exactly (< 2^53).
+        bigint: {
+          to: 20,
+          from: [20],
+          serialize: (value: number) => String(value),
+          parse: (value: string) => Number(value),
+        },
+      },
+    });
+    try {
+      const target = schema ?? (await currentSchema(sql));
+      await migrate(sql, target, schema !== undefined);
+      const store = new PostgresStore(sql, `agentfleet_wake_${target}`.slice(0, 63));
+      await store.listen();
+      return store;
+    } catch (error) {
+      await sql.end({ timeout: 0 });
+      if (error instanceof AgentfleetError) throw error;
+      if (isConnectionError(error)) {
+        throw new StoreUnavailableError(`cannot reach PostgreSQL: ${describe(error)}`);
+      }
+      throw error;
+    }
+  }
+
+  /**
+   * Calls `listener` (with no arguments) when another process commits a submit, settle, requeue or
+   * reclaim on this database schema, and after the notification connection is re-established (wake-ups
+   * may have been missed meanwhile). Returns a function that removes the listener. A listener's
+   * exception is reported as a process warning, never thrown into the store.
+   */
+  onWake(listener: () => void): () => void {
+    this.wakeListeners.add(listener);
+    return () => {
+      this.wakeListeners.delete(listener);
+    };
+  }
+
+  private async listen(): Promise<void> {
+    let listening = false;
+    await this.sql.listen(
+      this.channel,
+      (payload) => {
+        if (payload !== this.instanceId) this.wake();
+      },
+      () => {
+        // Called on every (re)subscription; after the first, wake-ups may have been lost while it was down.
+        if (listening) this.wake();
+        listening = true;
+      },
+    );
+  }
+
+  private wake(): void {
+    if (this.state !== 'open') return;
+    for (const listener of [...this.wakeListeners]) {
+      try {
+        listener();
+      } catch (error) {
+        process.emitWarning(`agentfleet: a store wake listener threw: ${describe(error)}`);
+      }
+    }
+  }
+
+  /**
+   * Runs one store operation: maps connection loss to StoreUnavailableError, retries conflicts
+   * (serialization failure, deadlock) a few times, and retries a read once after a dropped connection.
+   */
+  private async run<T>(mode: Mode, fn: (db: Db) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      if (this.state !== 'open') throw new StoreUnavailableError('the task store is closed');
+      try {
+        if (mode === 'tx') return (await this.sql.begin((tx) => fn(tx))) as T;
+        return await fn(this.sql);
+      } catch (error) {
+        if (error instanceof AgentfleetError) throw error;
+        const code = errorCode(error);
+        if (code !== undefined && CONFLICT_CODES.has(code) && attempt < MAX_CONFLICT_TRIES) {
+          // Jittered, growing pause so the transactions that collided do not collide again.
+          await delay(Math.random() * 5 * 2 ** attempt);
+          continue;
+        }
+        if (isConnectionError(error)) {
+          if (this.state !== 'open') throw new StoreUnavailableError('the task store is closed');
+          if (mode === 'read' && attempt === 1) continue;
+          throw new StoreUnavailableError(
+            `lost the connection to PostgreSQL: ${describe(error)}; try again shortly`,
+          );
+        }
+        if (code !== undefined && CONFLICT_CODES.has(code)) {
+          throw new StoreUnavailableError(
+            `the task store is busy (${code} after ${attempt} tries); try again`,
+          );
+        }
+        throw error;
+      }
+    }
+  }
+
+  /** Inserts tasks in one transaction, checking admission per task in order. */
+  async submitBatch(tasks: readonly NewTask[], limits: AdmissionLimits): Promise<SubmitOutcome[]> {
+    if (tasks.length === 0) return [];
+    return this.run('tx', async (tx) => {
+      // Serialises admission across processes so capacity and per-user counts are exact.
+      await q.lockNamed(tx, 'admission');
+      let queued = await q.countQueued(tx);
+      const active = new Map<string, number>();
+      const outcomes: SubmitOutcome[] = [];
+      let inserted = 0;
+      for (const task of tasks) {
+        if (task.idempotencyKey !== null) {
+          const existing = await q.taskByKey(tx, task.userId, task.idempotencyKey);
+          if (existing) {
+            outcomes.push({ ok: true, task: toTaskView(existing), duplicate: true });
+            continue;
+          }
+        }
+        let userActive = active.get(task.userId);
+        if (userActive === undefined) userActive = await q.countUserActive(tx, task.userId);
+        if (queued >= limits.queueCapacity) {
+          outcomes.push({ ok: false, error: new QueueFullError(limits.queueCapacity) });
+        } else if (userActive >= limits.maxTasksPerUser) {
+          outcomes.push({ ok: false, error: new UserTaskLimitError(limits.maxTasksPerUser) });
+        } else {
+          const row = await q.insertTask(tx, task);
+          queued++;
+          userActive++;
+          inserted++;
+          outcomes.push({ ok: true, task: toTaskView(row), duplicate: false });
+        }
+        active.set(task.userId, userActive);
+      }
+      if (inserted > 0) await q.notify(tx, this.channel, this.instanceId);
+      return outcomes;
+    });
+  }
+
+  /** Leases up to `limit` eligible tasks in one transaction (one round trip), in priority-key order. */
+  async leaseBatch(request: LeaseRequest): Promise<LeasedTask[]> {
+    if (request.limit <= 0) return [];
+    // At most one agent is created per leased task; ids and tokens are made here, used in order.
+    const agentIds = Array.from({ length: request.limit }, () => request.newAgentId());
+    const tokens = Array.from({ length: request.limit }, () => randomBytes(16).toString('hex'));
+    const rows = await this.run('statement', (db) =>
+      q.leaseTasks(db, {
+        owner: request.owner,
+        limit: request.limit,
+        nowMs: request.nowMs,
+        expiresMs: request.nowMs + request.leaseMs,
+        excludeTypes: request.excludeTypes,
+        typeCaps: request.typeCaps,
+        maxAgentsPerUser: request.maxAgentsPerUser,
+        agentIds,
+        tokens,
+        maxScan: Math.max(LEASE_SCAN_MIN, request.limit * 10),
+      }),
+    );
+    return rows.map((r) => ({
+      task: toTaskView(r.o_task),
+      token: r.o_token,
+      agent: toAgentView(r.o_agent),
+      agentCreated: r.o_created,
+      checkpointJson: r.o_task.checkpoint_json,
+    }));
+  }
+
+  /** Extends every lease `owner` holds; returns its running tasks whose cancel was requested. */
+  async heartbeat(owner: string, nowMs: number, leaseMs: number): Promise<{ cancelRequested: string[] }> {
+    const rows = await this.run('statement', (db) => q.extendLeases(db, owner, nowMs + leaseMs));
+    const cancelRequested = rows
+      .filter((r) => r.cancel_requested)
+      .sort((a, b) => a.seq - b.seq)
+      .map((r) => r.id);
+    return { cancelRequested };
+  }
+
+  /** Settles attempts in one transaction, each fenced by its lease token (see Store.settleBatch). */
+  async settleBatch(requests: readonly SettleRequest[], rules: HealthRules): Promise<SettleResult[]> {
+    if (requests.length === 0) return [];
+    return this.run('tx', async (tx) => {
+      const stats = new StatsBatch();
+      const results: SettleResult[] = [];
+      for (const request of requests) results.push(await this.settleOne(tx, stats, request, rules));
+      await stats.flush(tx);
+      if (results.some((r) => r.ok)) await q.notify(tx, this.channel, this.instanceId);
+      return results;
+    });
+  }
+
+  private async settleOne(
+    tx: Db,
+    stats: StatsBatch,
+    request: SettleRequest,
+    rules: HealthRules,
+  ): Promise<SettleResult> {
+    const task = await q.lockTaskForSettle(tx, request.taskId, request.token);
+    if (!task) return { ok: false, agentBecameUnhealthy: false };
+    const now = request.nowMs;
+    const attempt = await q.runningAttempt(tx, task.id);
+    const executionMs = Math.max(0, now - (attempt?.started_at ?? task.started_at ?? now));
+    const settlement = request.settlement;
+    const cancelRequested = task.cancel_requested;
+    let outcome: AttemptView['outcome'];
+    let attemptError: string | null = null;
+    let countedMs: number | null = null;
+    let agentResult: 'success' | 'fault' | 'failure' | 'none';
+    switch (settlement.kind) {
+      case 'succeeded':
+        task.status = 'succeeded';
+        task.result_json = settlement.resultJson;
+        task.finished_at = now;
+        outcome = 'succeeded';
+        countedMs = executionMs;
+        agentResult = 'success';
+        stats.add(task.user_id, task.task_type, { succeeded: 1, executionMs });
+        break;
+      case 'retry':
+        task.error = settlement.error;
+        attemptError = settlement.error;
+        agentResult = settlement.agentFault ? 'fault' : 'failure';
+        if (cancelRequested) {
+          // The owner asked to stop it: running it again would ignore that.
+          task.status = 'cancelled';
+          task.finished_at = now;
+          outcome = 'cancelled';
+          stats.add(task.user_id, task.task_type, { cancelled: 1 });
+        } else {
+          task.status = 'queued';
+          task.run_at = settlement.runAtMs;
+          outcome = 'failed';
+          countedMs = executionMs;
+          stats.add(task.user_id, task.task_type, { retried: 1, executionMs });
+        }
+        break;
+      case 'failed':
+        task.status = 'failed';
+        task.error = settlement.error;
+        task.finished_at = now;
+        attemptError = settlement.error;
+        outcome = 'failed';
+        countedMs = executionMs;
+        agentResult = settlement.agentFault ? 'fault' : 'failure';
+        stats.add(task.user_id, task.task_type, { failed: 1, executionMs });
+        break;
+      case 'cancelled':
+        task.status = 'cancelled';
+        task.finished_at = now;
+        outcome = 'cancelled';
+        agentResult = 'none';
+        stats.add(task.user_id, task.task_type, { cancelled: 1 });
+        break;
+      case 'released':
+        agentResult = 'none';
+        if (cancelRequested) {
+          // A shutdown must not resurrect a task its owner already asked to cancel.
+          task.status = 'cancelled';
+          task.finished_at = now;
+          outcome = 'cancelled';
+          stats.add(task.user_id, task.task_type, { cancelled: 1 });
+        } else {
+          task.status = 'queued';
+          task.attempts = Math.max(0, task.attempts - 1);
+          task.run_at = now;
+          outcome = 'released';
+        }
+        break;
+    }
+    await q.writeTask(tx, task);
+    if (attempt) await q.finishAttempt(tx, attempt.id, now, outcome, attemptError, countedMs);
+    if (task.agent_id === null) return { ok: true, agentBecameUnhealthy: false };
+    const agent = await q.lockAgent(tx, task.agent_id);
+    if (!agent) return { ok: true, agentBecameUnhealthy: false };
+    const becameUnhealthy = applyAgentResult(agent, task.id, agentResult, now, rules);
+    await q.writeAgent(tx, agent);
+    return { ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy };
+  }
+
+  /** Saves an executor's checkpoint, fenced by the token. */
+  async saveCheckpoint(taskId: string, token: string, stateJson: string, nowMs: number): Promise<boolean> {
+    return this.run('statement', (db) => q.saveCheckpoint(db, taskId, token, stateJson, nowMs));
+  }
+
+  /** Takes back tasks whose lease ran out before `nowMs`; the lost attempt counts. */
+  async reclaimExpired(nowMs: number): Promise<ReclaimedTask[]> {
+    return this.run('tx', async (tx) => {
+      const stats = new StatsBatch();
+      const reclaimed: ReclaimedTask[] = [];
+      for (const task of await q.lockExpired(tx, nowMs)) {
+        const owner = task.lease_owner;
+        const error = `lease of ${owner ?? 'unknown owner'} expired before the attempt finished`;
+        const attempt = await q.runningAttempt(tx, task.id);
+        if (attempt) await q.finishAttempt(tx, attempt.id, nowMs, 'lost', error, null);
+        task.error = error;
+        // attempts counts executions; max_retries counts re-runs after the first.
+        const exhausted = task.attempts > task.max_retries;
+        let status: ReclaimedTask['status'];
+        if (task.cancel_requested) {
+          // Its owner asked to cancel it: finish it now rather than run it again only to cancel it.
+          status = 'cancelled';
+          task.status = 'cancelled';
+          task.finished_at = nowMs;
+          stats.add(task.user_id, task.task_type, { cancelled: 1 });
+        } else if (exhausted) {
+          status = 'failed';
+          task.status = 'failed';
+          task.finished_at = nowMs;
+          stats.add(task.user_id, task.task_type, { failed: 1 });
+        } else {
+          // The checkpoint column is untouched, so the next attempt resumes from it.
+          status = 'queued';
+          task.status = 'queued';
+          task.run_at = nowMs;
+          stats.add(task.user_id, task.task_type, { retried: 1 });
+        }
+        await q.writeTask(tx, task);
+        if (task.agent_id !== null) {
+          const agent = await q.lockAgent(tx, task.agent_id);
+          if (agent && agent.current_task_id === task.id) {
+            agent.current_task_id = null;
+            if (agent.status === 'busy') agent.status = 'idle';
+            await q.writeAgent(tx, agent);
+          }
+        }
+        reclaimed.push({
+          taskId: task.id,
+          userId: task.user_id,
+          taskType: task.task_type,
+          agentId: task.agent_id,
+          owner,
+          status,
+        });
+      }
+      await stats.flush(tx);
+      if (reclaimed.some((r) => r.status === 'queued')) await q.notify(tx, this.channel, this.instanceId);
+      return reclaimed;
+    });
+  }
+
+  /** Agents `busy` without a running task → `idle`. */
+  async resetStuckAgents(_nowMs: number): Promise<string[]> {
+    const rows = await this.run('statement', (db) => q.freeStuckAgents(db));
+    return rows.map((r) => r.id);
+  }
+
+  /** Cooled-down unhealthy agents: retired after `maxRecoveries`, else back on probation. */
+  async recoverUnhealthy(
+    nowMs: number,
+    cooldownMs: number,
+    maxRecoveries: number,
+    probationFailures: number,
+  ): Promise<RecoveryResult> {
+    return this.run('tx', async (tx) => {
+      const result: RecoveryResult = { probation: [], retired: [] };
+      for (const agent of await q.lockCooledDown(tx, nowMs - cooldownMs)) {
+        if (agent.recoveries >= maxRecoveries) {
+          await q.retireAgentRow(tx, agent.seq, nowMs);
+          result.retired.push(agent.id);
+        } else {
+          await q.probation(tx, agent.seq, probationFailures);
+          result.probation.push(agent.id);
+        }
+      }
+      return result;
+    });
+  }
+
+  /** One task with its attempts, or null when missing or not the user's. */
+  async getTask(id: string, userId: string | null): Promise<TaskDetail | null> {
+    return this.run('read', async (db) => {
+      const row = await q.taskById(db, id, userId);
+      if (!row) return null;
+      const attempts = await q.attemptsOf(db, row.id);
+      return { ...toTaskView(row), attempt_history: attempts.map(toAttemptView) };
+    });
+  }
+
+  /** A page of tasks, newest first. */
+  async listTasks(filter: TaskFilter): Promise<TaskPage> {
+    if (!Number.isInteger(filter.limit) || filter.limit < 1 || filter.limit > 500) {
+      throw new ValidationError('limit', `must be an integer from 1 to 500, got ${filter.limit}`);
+    }
+    const beforeSeq = filter.cursor === undefined ? Number.MAX_SAFE_INTEGER : decodeCursor(filter.cursor);
+    const rows = await this.run('read', (db) =>
+      q.listTaskRows(db, {
+        userId: filter.userId,
+        status: filter.status ?? null,
+        taskType: filter.taskType ?? null,
+        priority: filter.priority ?? null,
+        beforeSeq,
+        limit: filter.limit + 1,
+      }),
+    );
+    const page = rows.slice(0, filter.limit);
+    const last = page.at(-1);
+    return {
+      tasks: page.map(toTaskView),
+      nextCursor: rows.length > filter.limit && last ? encodeCursor(last.seq) : null,
+    };
+  }
+
+  /** Cancels a queued task at once, or marks a running one for its holder to abort. */
+  async requestCancel(
+    id: string,
+    userId: string | null,
+    nowMs: number,
+  ): Promise<{ task: TaskView; running: boolean }> {
+    return this.run('tx', async (tx) => {
+      const row = await q.taskById(tx, id, userId, true);
+      if (!row) throw new NotFoundError('task', id);
+      if (row.status === 'queued') {
+        const after = await q.cancelQueued(tx, row.seq, nowMs);
+        const stats = new StatsBatch();
+        stats.add(row.user_id, row.task_type, { cancelled: 1 });
+        await stats.flush(tx);
+        return { task: toTaskView(after), running: false };
+      }
+      if (row.status === 'running') {
+        return { task: toTaskView(await q.markCancel(tx, row.seq)), running: true };
+      }
+      throw new InvalidStateError(
+        `task ${id} is ${row.status}; only queued or running tasks can be cancelled`,
+      );
+    });
+  }
+
+  /** Puts a failed task back in the queue with its attempts reset, subject to admission. */
+  async requeueFailed(
+    id: string,
+    userId: string | null,
+    nowMs: number,
+    limits: AdmissionLimits,
+  ): Promise<TaskView> {
+    return this.run('tx', async (tx) => {
+      await q.lockNamed(tx, 'admission');
+      const row = await q.taskById(tx, id, userId, true);
+      if (!row) throw new NotFoundError('task', id);
+      if (row.status !== 'failed') {
+        throw new InvalidStateError(`task ${id} is ${row.status}; only failed tasks can be retried`);
+      }
+      if ((await q.countQueued(tx)) >= limits.queueCapacity) throw new QueueFullError(limits.queueCapacity);
+      if ((await q.countUserActive(tx, row.user_id)) >= limits.maxTasksPerUser) {
+        throw new UserTaskLimitError(limits.maxTasksPerUser);
+      }
+      // priority_key is kept: a re-queued task keeps its original place by age.
+      const after = await q.requeueRow(tx, row.seq, nowMs);
+      await q.notify(tx, this.channel, this.instanceId);
+      return toTaskView(after);
+    });
+  }
+
+  /** Creates an agent unless the user has `maxAgentsPerUser` agents that are not retired. */
+  async createAgent(agent: NewAgent, maxAgentsPerUser: number): Promise<AgentView> {
+    return this.run('tx', async (tx) => {
+      await q.lockAgentCreation(tx);
+      if ((await q.countUserAgents(tx, agent.userId)) >= maxAgentsPerUser) {
+        throw new UserAgentLimitError(maxAgentsPerUser);
+      }
+      return toAgentView(await q.insertAgent(tx, agent));
+    });
+  }
+
+  /** One agent, or null when missing or not the user's. */
+  async getAgent(id: string, userId: string | null): Promise<AgentView | null> {
+    const row = await this.run('read', (db) => q.agentById(db, id, userId));
+    return row ? toAgentView(row) : null;
+  }
+
+  /** Agents, oldest first. */
+  async listAgents(filter: AgentFilter): Promise<AgentView[]> {
+    const rows = await this.run('read', (db) =>
+      q.listAgentRows(db, filter.userId, filter.status ?? null, filter.agentType ?? null),
+    );
+    return rows.map(toAgentView);
+  }
+
+  /** Retires an agent; a busy one keeps its task until it settles, then stays retired. */
+  async retireAgent(id: string, userId: string | null, nowMs: number): Promise<AgentView> {
+    return this.run('tx', async (tx) => {
+      const row = await q.agentById(tx, id, userId, true);
+      if (!row) throw new NotFoundError('agent', id);
+      if (row.status !== 'retired') await q.retireAgentRow(tx, row.seq, nowMs);
+      const after = await q.agentById(tx, id, null);
+      if (!after) throw new NotFoundError('agent', id);
+      return toAgentView(after);
+    });
+  }
+
+  /** Task counts by status, cluster-wide or for one user. */
+  async countTasks(userId: string | null): Promise<StatusCounts> {
+    const rows = await this.run('read', (db) => q.countTasksByStatus(db, userId));
+    const counts = Object.fromEntries(TASK_STATUSES.map((s) => [s, 0])) as StatusCounts;
+    for (const row of rows) counts[row.status] = row.n;
+    return counts;
+  }
+
+  /** Ids of unhealthy agents, optionally for one user. */
+  async unhealthyAgentIds(userId: string | null): Promise<string[]> {
+    return this.run('read', (db) => q.unhealthyAgentIds(db, userId));
+  }
+
+  /** Agent counts by status, optionally for one user. */
+  async countAgents(userId: string | null): Promise<Record<AgentStatus, number>> {
+    const rows = await this.run('read', (db) => q.countAgentsByStatus(db, userId));
+    const counts = Object.fromEntries(AGENT_STATUSES.map((s) => [s, 0])) as Record<AgentStatus, number>;
+    for (const row of rows) counts[row.status] = row.n;
+    return counts;
+  }
+
+  /** Totals for the metrics endpoint, optionally for one user (reads `type_stats`, never scans tasks). */
+  async stats(userId: string | null): Promise<FleetStats> {
+    return this.run('read', async (db) => {
+      const byType: TypeStats[] = (await q.typeStats(db, userId)).map((r) => ({
+        taskType: r.task_type,
+        succeeded: r.succeeded,
+        failed: r.failed,
+        cancelled: r.cancelled,
+        retried: r.retried,
+        executionMsTotal: r.execution_ms_total,
+        executionCount: r.execution_count,
+      }));
+      return { totalAgentsCreated: await q.countAgentsCreated(db, userId), byType };
+    });
+  }
+
+  /** Earliest future `run_at` among queued tasks not of the excluded types, or null. */
+  async nextRunAt(nowMs: number, excludeTypes: readonly string[]): Promise<number | null> {
+    return this.run('read', (db) => q.nextRunAt(db, nowMs, excludeTypes));
+  }
+
+  /** Keeps events for operators, in one statement. */
+  async recordEvents(events: readonly StoredEvent[]): Promise<void> {
+    if (events.length === 0) return;
+    await this.run('statement', (db) => q.insertEvents(db, events));
+  }
+
+  /** The most recent events, newest first. */
+  async listEvents(userId: string | null, limit: number): Promise<StoredEvent[]> {
+    const rows = await this.run('read', (db) => q.listEventRows(db, userId, Math.max(0, Math.floor(limit))));
+    return rows.map((r) => ({
+      atMs: r.at_ms,
+      kind: r.kind,
+      userId: r.user_id,
+      taskId: r.task_id,
+      agentId: r.agent_id,
+      data: JSON.parse(r.data_json) as Record<string, unknown>,
+    }));
+  }
+
+  /** Stops listening and closes every connection (waiting up to 5 s for running queries). Idempotent. */
+  async close(): Promise<void> {
+    if (this.closing !== null) return this.closing;
+    this.state = 'closing';
+    this.wakeListeners.clear();
+    this.closing = this.sql.end({ timeout: 5 }).then(() => {
+      this.state = 'closed';
+    });
+    return this.closing;
+  }
+}
+
+/** Updates an agent's health for one finished attempt; mutates `agent` and returns true when it turned unhealthy. */
+function applyAgentResult(
+  agent: AgentRow,
+  taskId: string,
+  result: 'success' | 'fault' | 'failure' | 'none',
+  nowMs: number,
+  rules: HealthRules,
+): boolean {
+  let becameUnhealthy = false;
+  if (agent.current_task_id === taskId) agent.current_task_id = null;
+  if (result === 'success') {
+    agent.total_executions++;
+    agent.successful_executions++;
+    agent.consecutive_failures = 0;
+    agent.last_success_at = nowMs;
+  } else if (result === 'fault') {
+    agent.total_executions++;
+    agent.consecutive_failures++;
+    agent.last_failure_at = nowMs;
+  } else if (result === 'failure') {
+    agent.total_executions++;
+  }
+  // Only a busy agent running this task goes back to idle; retired stays retired.
+  if (agent.status === 'busy' && agent.current_task_id === null) {
+    if (result === 'fault' && agent.consecutive_failures >= rules.unhealthyThreshold) {
+      agent.status = 'unhealthy';
+      agent.unhealthy_since = nowMs;
+      becameUnhealthy = true;
+    } else {
+      agent.status = 'idle';
+    }
+  }
+  return becameUnhealthy;
+}
+
+function describe(error: unknown): string {
+  if (error instanceof Error) {
+    const code = errorCode(error);
+    return code === undefined ? error.message : `${error.message} (${code})`;
+  }
+  return String(error);
+}
+
+/** The schema the server puts new tables in for this connection (first existing one on search_path). */
+async function currentSchema(sql: Pool): Promise<string> {
+  const [row] = await sql<{ s: string | null }[]>`SELECT current_schema() AS s`;
+  if (!row?.s) throw new StoreUnavailableError('PostgreSQL has no current schema; pass the `schema` option');
+  return row.s;
+}
+
+/**
+ * Applies pending migrations, each in its own transaction under an advisory lock keyed by the schema,
+ * so processes starting together apply each exactly once (the others wait, then see it recorded).
+ */
+async function migrate(sql: Pool, schema: string, createSchema: boolean): Promise<void> {
+  const known = POSTGRES_MIGRATIONS.at(-1)?.version ?? 0;
+  for (const migration of POSTGRES_MIGRATIONS) {
+    await sql.begin(async (tx) => {
+      await q.lockMigrations(tx, schema);
+      if (createSchema) await q.createSchema(tx, schema);
+      await q.createMigrationsTable(tx);
+      const applied = await q.appliedVersions(tx);
+      const newest = applied.at(-1) ?? 0;
+      if (newest > known) {
+        throw new StoreUnavailableError(
+          `database schema version ${newest} is newer than this agentfleet knows (${known}); upgrade agentfleet`,
+        );
+      }
+      // Re-checked under the lock: another process may have applied it while we waited.
+      if (applied.includes(migration.version)) return;
+      await q.runMigrationSql(tx, migration.sql);
+      await q.recordMigration(tx, migration.version, migration.name, Date.now());
+    });
+  }
+}

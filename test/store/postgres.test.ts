@@ -1,0 +1,248 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { StoreUnavailableError } from '../../src/domain/errors.js';
+import { priorityKey } from '../../src/domain/priority.js';
+import { PostgresStore } from '../../src/store/postgres.js';
+import { POSTGRES_MIGRATIONS } from '../../src/store/postgres-migrations.js';
+import type { LeasedTask, LeaseRequest, NewTask, Store } from '../../src/store/store.js';
+import { dropSchema, freshSchemaName, usePostgresUrl, withAdminSql } from '../support/postgres.js';
+import { waitFor } from '../support/wait.js';
+import { describeStoreConformance } from './conformance.js';
+
+const databaseUrl = usePostgresUrl();
+const T0 = Date.UTC(2025, 0, 1, 12, 0, 0);
+const LIMITS = { queueCapacity: 10_000, maxTasksPerUser: 10_000 };
+const RULES = { unhealthyThreshold: 3 };
+
+const schemas = new Map<Store, string>();
+
+describeStoreConformance(
+  'postgres',
+  async () => {
+    const schema = freshSchemaName('conf');
+    const store = await PostgresStore.connect(databaseUrl(), { schema, max: 4 });
+    schemas.set(store, schema);
+    return store;
+  },
+  async (store) => {
+    await store.close();
+    const schema = schemas.get(store);
+    schemas.delete(store);
+    if (schema) await dropSchema(databaseUrl(), schema);
+  },
+);
+
+function task(id: string, userId = 'alice', taskType = 'CodeGeneration'): NewTask {
+  return {
+    id,
+    userId,
+    taskType,
+    description: 'd',
+    priority: 'medium',
+    priorityKey: priorityKey('medium', T0),
+    inputJson: null,
+    maxRetries: 3,
+    timeoutMs: null,
+    idempotencyKey: null,
+    createdAtMs: T0,
+  };
+}
+
+function leaseRequest(owner: string, limit: number, newAgentId: () => string): LeaseRequest {
+  return {
+    owner,
+    limit,
+    nowMs: T0 + 1000,
+    leaseMs: 30_000,
+    excludeTypes: [],
+    typeCaps: {},
+    maxAgentsPerUser: 100,
+    newAgentId,
+  };
+}
+
+/** Resolves with the value of `fn` once it stops failing with StoreUnavailableError (any other error fails). */
+async function eventually<T>(fn: () => Promise<T>, what: string): Promise<T> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (error) {
+      if (!(error instanceof StoreUnavailableError) || Date.now() > deadline) throw error;
+      await new Promise<void>((resolve) => setTimeout(resolve, 10));
+    }
+    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+  }
+}
+
+describe('PostgresStore specifics', () => {
+  let schema = '';
+  const open: PostgresStore[] = [];
+
+  async function connect(options: { applicationName?: string; max?: number } = {}): Promise<PostgresStore> {
+    const store = await PostgresStore.connect(databaseUrl(), { schema, max: options.max ?? 4, ...options });
+    open.push(store);
+    return store;
+  }
+
+  afterEach(async () => {
+    for (const store of open.splice(0)) await store.close();
+    if (schema) await dropSchema(databaseUrl(), schema);
+    schema = '';
+  });
+
+  it('applies each migration once when several stores connect to a new schema at the same time', async () => {
+    schema = freshSchemaName('mig');
+    await Promise.all([connect(), connect(), connect(), connect()]);
+    const rows = await withAdminSql(
+      databaseUrl(),
+      (sql) => sql`SELECT version, name FROM ${sql(schema)}.schema_migrations ORDER BY version`,
+    );
+    expect(rows.map((r) => ({ version: r.version, name: r.name }))).toEqual(
+      POSTGRES_MIGRATIONS.map((m) => ({ version: m.version, name: m.name })),
+    );
+  });
+
+  it('four stores leasing 500 tasks in parallel lease each task exactly once', async () => {
+    schema = freshSchemaName('race');
+    const stores = await Promise.all([connect(), connect(), connect(), connect()]);
+    const [first] = stores;
+    if (!first) throw new Error('no store');
+    const ids = Array.from({ length: 500 }, (_, i) => `t${i}`);
+    await first.submitBatch(
+      ids.map((id, i) => task(id, `user-${i % 7}`, i % 2 === 0 ? 'CodeGeneration' : 'CodeReview')),
+      LIMITS,
+    );
+    let agents = 0;
+    const newAgentId = () => `agent-${++agents}`;
+    const leasedBy = new Map<string, string[]>();
+    async function worker(store: PostgresStore, owner: string): Promise<void> {
+      const deadline = Date.now() + 30_000;
+      for (let round = 0; Date.now() < deadline; round++) {
+        const leased: LeasedTask[] = await store.leaseBatch(leaseRequest(owner, 25, newAgentId));
+        for (const l of leased) leasedBy.set(l.task.id, [...(leasedBy.get(l.task.id) ?? []), owner]);
+        if (leased.length > 0) {
+          const results = await store.settleBatch(
+            leased.map((l) => ({
+              taskId: l.task.id,
+              token: l.token,
+              nowMs: T0 + 2000 + round,
+              settlement: { kind: 'succeeded' as const, resultJson: null },
+            })),
+            RULES,
+          );
+          expect(results.every((r) => r.ok)).toBe(true);
+        } else if ((await store.countTasks(null)).queued === 0) {
+          return;
+        }
+      }
+      throw new Error(`${owner} did not see the queue drain`);
+    }
+    await Promise.all(stores.map((store, i) => worker(store, `proc-${i}`)));
+    expect([...leasedBy.keys()].sort()).toEqual([...ids].sort());
+    const twice = [...leasedBy.entries()].filter(([, owners]) => owners.length !== 1);
+    expect(twice).toEqual([]);
+    expect(await first.countTasks(null)).toMatchObject({ queued: 0, running: 0, succeeded: 500 });
+    const stats = await first.stats(null);
+    expect(stats.byType.reduce((n, t) => n + t.succeeded, 0)).toBe(500);
+    expect((await first.countAgents(null)).busy).toBe(0);
+  });
+
+  it('wakes a listening store within moments of a submit by another store, not by its own', async () => {
+    schema = freshSchemaName('wake');
+    const listener = await connect();
+    const submitter = await connect();
+    let wakes = 0;
+    const stop = listener.onWake(() => {
+      wakes++;
+    });
+    await listener.submitBatch([task('own')], LIMITS);
+    await submitter.submitBatch([task('other')], LIMITS);
+    await waitFor(() => wakes > 0, 'a wake-up after the other store submitted', 10_000);
+    stop();
+    // The notification of its own submit was sent before the other one, and notifications arrive in
+    // commit order: had the own one woken it, the count would be 2 by now.
+    expect(wakes).toBe(1);
+    // Settles wake too, and an unsubscribed listener is not called.
+    let settled = false;
+    listener.onWake(() => {
+      settled = true;
+    });
+    const [leased] = await submitter.leaseBatch(leaseRequest('p', 1, () => 'agent-x'));
+    if (!leased) throw new Error('nothing leased');
+    await submitter.settleBatch(
+      [
+        {
+          taskId: leased.task.id,
+          token: leased.token,
+          nowMs: T0 + 2000,
+          settlement: { kind: 'succeeded', resultJson: null },
+        },
+      ],
+      RULES,
+    );
+    await waitFor(() => settled, 'a wake-up after the other store settled', 10_000);
+    expect(wakes).toBe(1);
+  });
+
+  it('after pg_terminate_backend, calls recover or fail with StoreUnavailableError, and nothing committed is lost', async () => {
+    schema = freshSchemaName('kill');
+    const applicationName = `agentfleet-${schema}`;
+    const store = await connect({ applicationName });
+    const other = await connect();
+    const accepted: string[] = [];
+    const first = await store.submitBatch([task('k0'), task('k1'), task('k2')], LIMITS);
+    accepted.push(...first.filter((o) => o.ok).map((o) => (o.ok ? o.task.id : '')));
+    let wakes = 0;
+    store.onWake(() => {
+      wakes++;
+    });
+    const killed = await withAdminSql(databaseUrl(), async (sql) => {
+      const rows = await sql`SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity
+        WHERE application_name = ${applicationName} AND pid <> pg_backend_pid()`;
+      return rows.length;
+    });
+    expect(killed).toBeGreaterThan(0);
+    // Each call either succeeds on a fresh connection or fails fast with the retryable error.
+    for (let i = 3; i < 8; i++) {
+      const outcome = await store.submitBatch([task(`k${i}`)], LIMITS).then(
+        (o) => o,
+        (error: unknown) => {
+          expect(error).toBeInstanceOf(StoreUnavailableError);
+          return null;
+        },
+      );
+      if (outcome?.[0]?.ok) accepted.push(`k${i}`);
+    }
+    const counts = await eventually(() => store.countTasks(null), 'countTasks after the kill');
+    expect(counts.queued).toBeGreaterThanOrEqual(accepted.length);
+    const listed = await eventually(
+      () => store.listTasks({ userId: null, limit: 100 }),
+      'listTasks after the kill',
+    );
+    expect(listed.tasks.map((t) => t.id)).toEqual(expect.arrayContaining(accepted));
+    // The LISTEN connection comes back by itself: another store's submit wakes this one again.
+    const before = wakes;
+    await waitFor(
+      async () => {
+        await other.submitBatch([task(`w${Date.now()}-${Math.random()}`)], LIMITS);
+        return wakes > before;
+      },
+      'a wake-up on the re-established LISTEN connection',
+      15_000,
+    );
+  });
+
+  it('rejects calls after close with StoreUnavailableError, and close is idempotent', async () => {
+    schema = freshSchemaName('closed');
+    const store = await connect();
+    await store.close();
+    await store.close();
+    await expect(store.countTasks(null)).rejects.toBeInstanceOf(StoreUnavailableError);
+  });
+
+  it('fails to connect with StoreUnavailableError, not a hang, when nothing listens', async () => {
+    await expect(
+      PostgresStore.connect('postgres://postgres@127.0.0.1:1/none', { connectTimeoutMs: 2000 }),
+    ).rejects.toBeInstanceOf(StoreUnavailableError);
+  });
+});
