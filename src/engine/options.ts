@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import type { Clock, RandomSource } from '../domain/clock.js';
 import { ValidationError } from '../domain/errors.js';
 import { systemClock } from './clock.js';
@@ -51,6 +52,13 @@ export interface AgentManagerOptions {
   /** Identifies this process in leases; random by default. */
   readonly instanceId?: string;
   /**
+   * Cluster-wide caps on running tasks per type (`type_concurrency`), e.g. `{CodeGeneration: 50}` for
+   * the limit a paid LLM provider imposes; enforced across every process sharing the store.
+   */
+  readonly typeConcurrency?: Readonly<Record<string, number>>;
+  /** How this process names itself to the cluster (host name and pid by default). */
+  readonly instanceHost?: string;
+  /**
    * Keep the Node.js process alive while the manager runs, as a worker should (true). Every internal
    * timer is unref()ed; this one handle is what holds the process, and stop() releases it.
    */
@@ -87,6 +95,8 @@ export interface ResolvedOptions {
   readonly maxDescriptionLength: number;
   readonly pollIntervalMs: number;
   readonly instanceId: string | undefined;
+  readonly typeConcurrency: Readonly<Record<string, number>>;
+  readonly instanceHost: string;
   readonly keepProcessAlive: boolean;
   readonly clock: Clock;
   readonly random: RandomSource;
@@ -155,9 +165,30 @@ export function resolveOptions(options: AgentManagerOptions = {}): ResolvedOptio
   return {
     ...numbers,
     instanceId: options.instanceId,
+    typeConcurrency: resolveTypeConcurrency(options.typeConcurrency),
+    instanceHost: options.instanceHost ?? hostname(),
     keepProcessAlive: options.keepProcessAlive ?? true,
     clock: options.clock ?? systemClock,
     random: options.random ?? Math.random,
     logger: options.logger ?? silentLogger,
   };
+}
+
+/** Checks `typeConcurrency`: each limit a positive integer. */
+function resolveTypeConcurrency(
+  limits: Readonly<Record<string, number>> | undefined,
+): Readonly<Record<string, number>> {
+  if (limits === undefined) return {};
+  if (typeof limits !== 'object' || limits === null || Array.isArray(limits)) {
+    throw new ValidationError('typeConcurrency', 'must be an object of task type → limit');
+  }
+  for (const [type, limit] of Object.entries(limits)) {
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1_000_000) {
+      throw new ValidationError(
+        `typeConcurrency.${type}`,
+        `must be an integer from 1 to 1000000, got ${JSON.stringify(limit)}`,
+      );
+    }
+  }
+  return { ...limits };
 }

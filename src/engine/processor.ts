@@ -1,4 +1,5 @@
 import { retryDelayMs } from '../domain/backoff.js';
+import type { BreakerVerdict } from '../domain/breaker.js';
 import type { TimerHandle } from '../domain/clock.js';
 import {
   describeError,
@@ -35,6 +36,8 @@ export interface ProcessorDeps {
   checkpoints: CheckpointManager;
   events: EventBus;
   executorFor: (taskType: string) => ExecutorBinding | undefined;
+  /** This process, as its heartbeats describe it to the cluster. */
+  instance: { host: string; pid: number; startedAtMs: number };
 }
 
 interface RunningTask {
@@ -71,7 +74,10 @@ export class QueueProcessor {
 
   constructor(private readonly deps: ProcessorDeps) {
     this.settler = new Batcher((requests) =>
-      deps.store.settleBatch(requests, { unhealthyThreshold: deps.options.healthUnhealthyThreshold }),
+      deps.store.settleBatch(requests, {
+        unhealthyThreshold: deps.options.healthUnhealthyThreshold,
+        breakerRules: deps.breakers.rules,
+      }),
     );
     deps.slots.onRelease(() => this.wake());
   }
@@ -81,10 +87,11 @@ export class QueueProcessor {
     return this.running.size;
   }
 
-  /** Starts the lease loop and the lease heartbeat. */
+  /** Starts the lease loop and the heartbeat (leases and this process's entry in the cluster). */
   start(): void {
     if (this.leasing) return;
     this.leasing = true;
+    this.heartbeatRun = this.heartbeat();
     this.loopDone = this.loop();
     this.scheduleHeartbeat();
   }
@@ -150,7 +157,6 @@ export class QueueProcessor {
       let leasedAll = false;
       if (slots.available > 0) {
         const reserved = slots.reserve(slots.available);
-        const { excludeTypes, typeCaps } = breakers.leaseConstraints();
         let leased: LeasedTask[] = [];
         try {
           leased = await store.leaseBatch({
@@ -158,8 +164,10 @@ export class QueueProcessor {
             limit: reserved,
             nowMs: clock.now(),
             leaseMs: options.leaseMs,
-            excludeTypes,
-            typeCaps,
+            excludeTypes: [],
+            typeCaps: {},
+            breakerRules: breakers.rules,
+            typeLimits: options.typeConcurrency,
             maxAgentsPerUser: options.maxAgentsPerUser,
             newAgentId: () => newId('agent_', clock.now()),
           });
@@ -184,7 +192,18 @@ export class QueueProcessor {
         continue;
       }
       if (!this.leasing) break;
+      await this.refreshBreakers();
       await this.waitForWake((await this.nextWakeAt()) - clock.now());
+    }
+  }
+
+  /** Reads the shared breakers (another process may have opened or closed one) into this view. */
+  private async refreshBreakers(): Promise<void> {
+    const { store, options, breakers } = this.deps;
+    try {
+      breakers.replaceAll(await store.listBreakers(options.clock.now(), breakers.rules));
+    } catch (error) {
+      options.logger.warn({ err: error }, 'could not read the circuit breakers');
     }
   }
 
@@ -197,7 +216,7 @@ export class QueueProcessor {
     if (breakerAt !== null) at = Math.min(at, breakerAt);
     if (this.deps.slots.available > 0) {
       try {
-        const runAt = await store.nextRunAt(now, breakers.leaseConstraints().excludeTypes);
+        const runAt = await store.nextRunAt(now, breakers.blockedTypes());
         if (runAt !== null) at = Math.min(at, runAt);
       } catch (error) {
         options.logger.warn({ err: error }, 'could not read the next run time');
@@ -230,10 +249,9 @@ export class QueueProcessor {
   }
 
   private async execute(leased: LeasedTask, controller: AbortController): Promise<void> {
-    const { options, breakers, checkpoints, events } = this.deps;
+    const { options, checkpoints, events } = this.deps;
     const { clock, logger } = options;
     const { task, token, agent } = leased;
-    breakers.recordLeased(task.task_type, task.id);
     events.emit({
       type: 'task.started',
       at: new Date(clock.now()).toISOString(),
@@ -287,9 +305,15 @@ export class QueueProcessor {
     } finally {
       timer.cancel();
     }
-    this.recordBreaker(leased, settlement);
     try {
-      const result = await this.settler.push({ taskId: task.id, token, nowMs: clock.now(), settlement });
+      const result = await this.settler.push({
+        taskId: task.id,
+        token,
+        nowMs: clock.now(),
+        settlement,
+        breaker: verdictOf(settlement),
+      });
+      if (result.breaker) this.deps.breakers.update(result.breaker);
       this.report(leased, settlement, result);
     } catch (error) {
       // The store is unreachable: the lease will run out and the recovery monitor takes the task back.
@@ -330,15 +354,6 @@ export class QueueProcessor {
       };
     }
     return { kind: 'failed', error: message, agentFault };
-  }
-
-  private recordBreaker(leased: LeasedTask, settlement: Settlement): void {
-    const { breakers } = this.deps;
-    const { task_type: type, id } = leased.task;
-    if (settlement.kind === 'succeeded') breakers.recordSuccess(type, id);
-    else if ((settlement.kind === 'retry' || settlement.kind === 'failed') && settlement.agentFault) {
-      breakers.recordFailure(type, id);
-    } else breakers.recordAbandoned(type, id);
   }
 
   private report(leased: LeasedTask, settlement: Settlement, result: SettleResult): void {
@@ -388,15 +403,29 @@ export class QueueProcessor {
   }
 
   private async heartbeat(): Promise<void> {
-    if (this.running.size === 0) return;
-    const { store, options, instanceId } = this.deps;
+    const { store, options, instanceId, slots } = this.deps;
     try {
-      const { cancelRequested } = await store.heartbeat(instanceId, options.clock.now(), options.leaseMs);
+      const { cancelRequested } = await store.heartbeat(instanceId, options.clock.now(), options.leaseMs, {
+        ...this.deps.instance,
+        slotsInUse: slots.inUse,
+        maxSlots: slots.max,
+      });
       for (const id of cancelRequested) this.cancelLocal(id);
     } catch (error) {
       options.logger.error({ err: error }, 'lease heartbeat failed');
     }
   }
+}
+
+/**
+ * What an attempt says about its type's downstream: a retryable failure (or timeout) blames it; a
+ * failure that is the task's own fault, a cancel or a release says nothing.
+ */
+function verdictOf(settlement: Settlement): BreakerVerdict {
+  if (settlement.kind === 'succeeded') return 'success';
+  if ((settlement.kind === 'retry' || settlement.kind === 'failed') && settlement.agentFault)
+    return 'failure';
+  return 'abandon';
 }
 
 /**

@@ -123,4 +123,33 @@ CREATE INDEX events_recent ON events (at_ms, id);
 CREATE INDEX events_user ON events (user_id, at_ms, id);
 `,
   },
+  {
+    version: 2,
+    name: 'shared breakers, instances, type limits',
+    sql: `
+-- One circuit breaker per task type, shared by every process on this database (src/domain/breaker.ts).
+CREATE TABLE breakers (
+  task_type TEXT PRIMARY KEY,
+  state TEXT NOT NULL CHECK (state IN ('closed', 'open', 'half_open')),
+  failures INTEGER NOT NULL DEFAULT 0,
+  opened_at INTEGER,
+  probe_task_id TEXT,
+  updated_at INTEGER NOT NULL
+);
+
+-- The processes of the cluster, as each last reported with its heartbeat.
+CREATE TABLE instances (
+  id TEXT PRIMARY KEY,
+  host TEXT NOT NULL,
+  pid INTEGER NOT NULL,
+  started_at INTEGER NOT NULL,
+  heartbeat_at INTEGER NOT NULL,
+  slots_in_use INTEGER NOT NULL,
+  max_slots INTEGER NOT NULL
+);
+
+-- Cluster-wide type limits count running tasks per type.
+CREATE INDEX tasks_running_type ON tasks (task_type) WHERE status = 'running';
+`,
+  },
 ];

@@ -12,6 +12,15 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { AGENT_STATUSES, type AgentStatus, type AgentView } from '../domain/agent.js';
 import {
+  advanceBreaker,
+  applyVerdict,
+  type BreakerRecord,
+  type BreakerRules,
+  breakerChanged,
+  closedBreaker,
+  leaseAllowance,
+} from '../domain/breaker.js';
+import {
   AgentfleetError,
   InvalidStateError,
   NotFoundError,
@@ -35,6 +44,8 @@ import type {
   AgentFilter,
   FleetStats,
   HealthRules,
+  InstanceBeat,
+  InstanceView,
   LeasedTask,
   LeaseRequest,
   NewAgent,
@@ -51,6 +62,7 @@ import type {
   TaskPage,
   TypeStats,
 } from './store.js';
+import { SPEC_BREAKER_RULES } from './store.js';
 
 /** Options of `SqliteStore.open`. */
 export interface SqliteStoreOptions {
@@ -137,6 +149,34 @@ interface TypeStatsRow {
   retried: number;
   execution_ms_total: number;
   execution_count: number;
+}
+
+interface BreakerRow {
+  task_type: string;
+  state: BreakerRecord['state'];
+  failures: number;
+  opened_at: number | null;
+  probe_task_id: string | null;
+}
+
+interface InstanceRow {
+  id: string;
+  host: string;
+  pid: number;
+  started_at: number;
+  heartbeat_at: number;
+  slots_in_use: number;
+  max_slots: number;
+}
+
+function toBreaker(row: BreakerRow): BreakerRecord {
+  return {
+    taskType: row.task_type,
+    state: row.state,
+    failures: row.failures,
+    openedAtMs: row.opened_at,
+    probeTaskId: row.probe_task_id,
+  };
 }
 
 interface EventRow {
@@ -320,6 +360,22 @@ const SQL = {
   taskForSettle: "SELECT * FROM tasks WHERE id = @id AND status = 'running' AND lease_token = @token",
   updateTask: TASK_UPDATE_SQL,
   heartbeat: `UPDATE tasks SET lease_expires_at = @expires WHERE status = 'running' AND lease_owner = @owner`,
+  upsertInstance: `INSERT INTO instances (id, host, pid, started_at, heartbeat_at, slots_in_use, max_slots)
+      VALUES (@id, @host, @pid, @started_at, @now, @slots_in_use, @max_slots)
+      ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
+      heartbeat_at = excluded.heartbeat_at, slots_in_use = excluded.slots_in_use, max_slots = excluded.max_slots`,
+  liveInstances: 'SELECT * FROM instances WHERE heartbeat_at >= @since ORDER BY started_at, id',
+  removeInstance: 'DELETE FROM instances WHERE id = @id',
+  allBreakers: 'SELECT * FROM breakers ORDER BY task_type',
+  breakerOf: 'SELECT * FROM breakers WHERE task_type = @task_type',
+  openBreakers: "SELECT * FROM breakers WHERE state <> 'closed' ORDER BY task_type",
+  saveBreaker: `INSERT INTO breakers (task_type, state, failures, opened_at, probe_task_id, updated_at)
+      VALUES (@task_type, @state, @failures, @opened_at, @probe_task_id, @now)
+      ON CONFLICT (task_type) DO UPDATE SET state = excluded.state, failures = excluded.failures,
+      opened_at = excluded.opened_at, probe_task_id = excluded.probe_task_id, updated_at = excluded.updated_at`,
+  freeProbe: 'UPDATE breakers SET probe_task_id = NULL, updated_at = @now WHERE probe_task_id = @task_id',
+  runningOfTypes: `SELECT task_type, COUNT(*) AS n FROM tasks WHERE status = 'running'
+      AND task_type IN (SELECT value FROM json_each(@types)) GROUP BY task_type`,
   cancelRequestedOf:
     "SELECT id FROM tasks WHERE status = 'running' AND lease_owner = @owner AND cancel_requested = 1 ORDER BY seq",
   saveCheckpoint: `UPDATE tasks SET checkpoint_json = @state, checkpoint_at = @now
@@ -572,7 +628,34 @@ export class SqliteStore implements Store {
     const leased: LeasedTask[] = [];
     if (request.limit <= 0) return leased;
     const now = request.nowMs;
-    const exclude = JSON.stringify(request.excludeTypes);
+    const excluded = new Set(request.excludeTypes);
+    // Shared breakers: apply the time rule, skip open types, and allow a half-open type one probe.
+    const probes = new Map<string, BreakerRecord>();
+    for (const row of this.all<BreakerRow>('openBreakers', {})) {
+      const before = toBreaker(row);
+      const record = advanceBreaker(before, now, request.breakerRules);
+      if (breakerChanged(before, record)) this.saveBreaker(record, now);
+      const allowance = leaseAllowance(record);
+      if (allowance === 'none') excluded.add(record.taskType);
+      else if (allowance === 'probe') probes.set(record.taskType, record);
+    }
+    // Cluster-wide type limits: what is left after the tasks of that type running anywhere.
+    const remaining = new Map<string, number>();
+    const limits = request.typeLimits ?? {};
+    const limitedTypes = Object.keys(limits);
+    if (limitedTypes.length > 0) {
+      const running = new Map(
+        this.all<{ task_type: string; n: number }>('runningOfTypes', {
+          types: JSON.stringify(limitedTypes),
+        }).map((r) => [r.task_type, r.n]),
+      );
+      for (const type of limitedTypes) {
+        const left = (limits[type] ?? 0) - (running.get(type) ?? 0);
+        if (left <= 0) excluded.add(type);
+        else remaining.set(type, left);
+      }
+    }
+    const exclude = JSON.stringify([...excluded]);
     // (user, type) pairs with no idle agent and no room for a new one: skip their other tasks cheaply.
     const blocked = new Set<string>();
     const perType = new Map<string, number>();
@@ -593,9 +676,13 @@ export class SqliteStore implements Store {
         scanned++;
         afterKey = row.priority_key;
         afterSeq = row.seq;
-        const cap = request.typeCaps[row.task_type];
+        const cap = Math.min(
+          request.typeCaps[row.task_type] ?? Number.POSITIVE_INFINITY,
+          probes.has(row.task_type) ? 1 : Number.POSITIVE_INFINITY,
+          remaining.get(row.task_type) ?? Number.POSITIVE_INFINITY,
+        );
         const used = perType.get(row.task_type) ?? 0;
-        if (cap !== undefined && used >= cap) continue;
+        if (used >= cap) continue;
         const pair = `${row.user_id}\u0000${row.task_type}`;
         if (blocked.has(pair)) continue;
         let agent = this.get<AgentRow>('pickAgent', { user: row.user_id, type: row.task_type });
@@ -645,6 +732,8 @@ export class SqliteStore implements Store {
           checkpointJson: task.checkpoint_json,
         });
         perType.set(row.task_type, used + 1);
+        const probe = probes.get(row.task_type);
+        if (probe) this.saveBreaker({ ...probe, probeTaskId: row.id }, now);
       }
       if (page.length < LEASE_PAGE) break;
     }
@@ -666,17 +755,95 @@ export class SqliteStore implements Store {
   }
 
   /** Extends every lease `owner` holds; returns its running tasks whose cancel was requested. */
-  async heartbeat(owner: string, nowMs: number, leaseMs: number): Promise<{ cancelRequested: string[] }> {
+  async heartbeat(
+    owner: string,
+    nowMs: number,
+    leaseMs: number,
+    instance?: InstanceBeat,
+  ): Promise<{ cancelRequested: string[] }> {
     return this.write(() => {
       this.run('heartbeat', { owner, expires: nowMs + leaseMs });
+      if (instance) {
+        this.run('upsertInstance', {
+          id: owner,
+          host: instance.host,
+          pid: instance.pid,
+          started_at: instance.startedAtMs,
+          now: nowMs,
+          slots_in_use: instance.slotsInUse,
+          max_slots: instance.maxSlots,
+        });
+      }
       const rows = this.all<{ id: string }>('cancelRequestedOf', { owner });
       return { cancelRequested: rows.map((r) => r.id) };
+    });
+  }
+
+  /** Processes whose last heartbeat is at or after `aliveSinceMs`, oldest first. */
+  async listInstances(aliveSinceMs: number): Promise<InstanceView[]> {
+    return this.guard(() =>
+      this.all<InstanceRow>('liveInstances', { since: aliveSinceMs }).map((row) => ({
+        id: row.id,
+        host: row.host,
+        pid: row.pid,
+        started_at: new Date(row.started_at).toISOString(),
+        heartbeat_at: new Date(row.heartbeat_at).toISOString(),
+        slots_in_use: row.slots_in_use,
+        max_slots: row.max_slots,
+      })),
+    );
+  }
+
+  /** Forgets a process (it stopped cleanly). */
+  async removeInstance(owner: string): Promise<void> {
+    this.write(() => this.run('removeInstance', { id: owner }));
+  }
+
+  /** Every type's breaker as of `nowMs` (an open breaker past its timeout reads half-open). */
+  async listBreakers(nowMs: number, rules: BreakerRules): Promise<BreakerRecord[]> {
+    return this.guard(() =>
+      this.all<BreakerRow>('allBreakers', {}).map((row) => advanceBreaker(toBreaker(row), nowMs, rules)),
+    );
+  }
+
+  private saveBreaker(record: BreakerRecord, nowMs: number): void {
+    this.run('saveBreaker', {
+      task_type: record.taskType,
+      state: record.state,
+      failures: record.failures,
+      opened_at: record.openedAtMs,
+      probe_task_id: record.probeTaskId,
+      now: nowMs,
     });
   }
 
   /** Settles attempts in one transaction, each fenced by its lease token (see Store.settleBatch). */
   async settleBatch(requests: readonly SettleRequest[], rules: HealthRules): Promise<SettleResult[]> {
     return this.write(() => requests.map((request) => this.settleOne(request, rules)));
+  }
+
+  /**
+   * Applies one attempt's verdict to its type's shared breaker; returns the record when it changed. A
+   * success on a type with no breaker row writes nothing, so the happy path costs one read.
+   */
+  private applyBreakerVerdict(
+    taskType: string,
+    request: SettleRequest,
+    rules: BreakerRules,
+  ): BreakerRecord | undefined {
+    if (request.breaker === undefined) return undefined;
+    const row = this.get<BreakerRow>('breakerOf', { task_type: taskType });
+    const before = row ? toBreaker(row) : closedBreaker(taskType);
+    const after = applyVerdict(
+      advanceBreaker(before, request.nowMs, rules),
+      request.breaker,
+      request.taskId,
+      request.nowMs,
+      rules,
+    );
+    if (!breakerChanged(before, after)) return undefined;
+    this.saveBreaker(after, request.nowMs);
+    return after;
   }
 
   private settleOne(request: SettleRequest, rules: HealthRules): SettleResult {
@@ -753,6 +920,12 @@ export class SqliteStore implements Store {
         break;
     }
     this.writeTask(task);
+    const breaker = this.applyBreakerVerdict(
+      task.task_type,
+      request,
+      rules.breakerRules ?? SPEC_BREAKER_RULES,
+    );
+    const changed = breaker ? { breaker } : {};
     if (attempt) {
       this.run('finishAttempt', {
         id: attempt.id,
@@ -762,11 +935,11 @@ export class SqliteStore implements Store {
         execution_ms: countedMs,
       });
     }
-    if (task.agent_id === null) return { ok: true, agentBecameUnhealthy: false };
+    if (task.agent_id === null) return { ok: true, agentBecameUnhealthy: false, ...changed };
     const agent = this.agentById(task.agent_id);
-    if (!agent) return { ok: true, agentBecameUnhealthy: false };
+    if (!agent) return { ok: true, agentBecameUnhealthy: false, ...changed };
     const becameUnhealthy = this.applyAgentResult(agent, task.id, agentResult, now, rules);
-    return { ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy };
+    return { ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy, ...changed };
   }
 
   /** Updates an agent's health for one finished attempt; mutates `agent` and returns true when it turned unhealthy. */
@@ -860,6 +1033,8 @@ export class SqliteStore implements Store {
             this.writeAgent(agent);
           }
         }
+        // A lost probe frees its breaker's probe slot, so another process can probe.
+        this.run('freeProbe', { task_id: task.id, now: nowMs });
         reclaimed.push({
           taskId: task.id,
           userId: task.user_id,

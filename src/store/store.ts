@@ -13,6 +13,7 @@
  *   controls size limits and the store never parses them on the hot path.
  */
 import type { AgentStatus, AgentView } from '../domain/agent.js';
+import type { BreakerRecord, BreakerRules, BreakerVerdict } from '../domain/breaker.js';
 import type { AgentfleetError } from '../domain/errors.js';
 import type { Priority, TaskDetail, TaskStatus, TaskView } from '../domain/task.js';
 
@@ -61,15 +62,27 @@ export interface LeaseRequest {
   leaseMs: number;
   /** Types that must not be leased now (breaker open, or half-open with its probe in flight). */
   excludeTypes: readonly string[];
-  /** Types of which at most this many may be leased in this call (a half-open breaker's probe = 1). */
+  /** Types of which at most this many may be leased in this call (local caps of this process). */
   typeCaps: Readonly<Record<string, number>>;
+  /**
+   * The circuit-breaker rules, applied inside the lease transaction to the shared breaker records
+   * (src/domain/breaker.ts): an open type is skipped; an open type whose timeout has passed becomes
+   * half-open and exactly one task of it is leased cluster-wide as its probe (recorded on the breaker,
+   * so no other process leases a second); a half-open type whose probe runs is skipped.
+   */
+  breakerRules: BreakerRules;
+  /**
+   * Cluster-wide caps on running tasks per type (`type_concurrency`): a type with `n` tasks running in
+   * any process gets at most `limit − n` more, counted inside the lease transaction.
+   */
+  typeLimits?: Readonly<Record<string, number>>;
   /**
    * Agent policy: a task of type T from user U goes to U's least-recently-used idle agent of type T;
    * if there is none and U has fewer than this many agents that are not retired, a new one is created;
    * otherwise the task is skipped (it keeps its place and its attempts) and later tasks are considered.
    */
   maxAgentsPerUser: number;
-  /** Makes the id of an agent the store creates. */
+  /** Makes the id of an agent the store creates; may be called more often than agents are created. */
   newAgentId: () => string;
 }
 
@@ -106,6 +119,8 @@ export interface SettleRequest {
   token: string;
   nowMs: number;
   settlement: Settlement;
+  /** What the attempt says about its type's downstream; applied to the shared breaker in the same transaction. */
+  breaker?: BreakerVerdict;
 }
 
 /** What happened to one settle. */
@@ -116,13 +131,40 @@ export interface SettleResult {
   agent?: AgentView;
   /** True when this settle made the agent cross the unhealthy threshold. */
   agentBecameUnhealthy: boolean;
+  /** The type's breaker after this settle, when the settle changed it. */
+  breaker?: BreakerRecord;
 }
 
-/** Options that decide health transitions inside a settle. */
+/** What a process reports about itself with each heartbeat. */
+export interface InstanceBeat {
+  host: string;
+  pid: number;
+  startedAtMs: number;
+  slotsInUse: number;
+  maxSlots: number;
+}
+
+/** A process of the cluster, as last reported. */
+export interface InstanceView {
+  id: string;
+  host: string;
+  pid: number;
+  started_at: string;
+  heartbeat_at: string;
+  slots_in_use: number;
+  max_slots: number;
+}
+
+/** Options that decide health and breaker transitions inside a settle. */
 export interface HealthRules {
   /** Consecutive failures that make an agent `unhealthy`. */
   unhealthyThreshold: number;
+  /** Rules for the requests' breaker verdicts; the spec's (5 failures, 60 s) when absent. */
+  breakerRules?: BreakerRules;
 }
+
+/** The spec's breaker rules: 5 consecutive failures, 60 s open. */
+export const SPEC_BREAKER_RULES: BreakerRules = { threshold: 5, timeoutMs: 60_000 };
 
 /** A task whose lease ran out and that the recovery monitor took back. */
 export interface ReclaimedTask {
@@ -230,7 +272,21 @@ export interface Store {
    * Extends every lease `owner` holds to `nowMs + leaseMs`. Returns the ids of its running tasks whose
    * owner asked to cancel them, so a cancel made through another process reaches this one.
    */
-  heartbeat(owner: string, nowMs: number, leaseMs: number): Promise<{ cancelRequested: string[] }>;
+  heartbeat(
+    owner: string,
+    nowMs: number,
+    leaseMs: number,
+    instance?: InstanceBeat,
+  ): Promise<{ cancelRequested: string[] }>;
+
+  /** Processes whose last heartbeat is at or after `aliveSinceMs`, oldest first. */
+  listInstances(aliveSinceMs: number): Promise<InstanceView[]>;
+
+  /** Forgets a process (it stopped cleanly). */
+  removeInstance(owner: string): Promise<void>;
+
+  /** Every type's breaker as of `nowMs` (an open breaker past its timeout reads half-open). */
+  listBreakers(nowMs: number, rules: BreakerRules): Promise<BreakerRecord[]>;
 
   /**
    * Settles attempts in one transaction; each is fenced by its token (a stale token changes nothing and
@@ -243,7 +299,10 @@ export interface Store {
   /** Saves an executor's checkpoint, fenced by the token. Returns false when the lease is stale. */
   saveCheckpoint(taskId: string, token: string, stateJson: string, nowMs: number): Promise<boolean>;
 
-  /** Takes back tasks whose lease ran out before `nowMs` (the lost attempt counts). */
+  /**
+   * Takes back tasks whose lease ran out before `nowMs` (the lost attempt counts). A reclaimed task that
+   * was its type's half-open probe frees the probe slot, so another process can probe.
+   */
   reclaimExpired(nowMs: number): Promise<ReclaimedTask[]>;
 
   /** Agents `busy` without a running task → `idle`. Returns their ids. */

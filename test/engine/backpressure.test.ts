@@ -52,3 +52,52 @@ describe('backpressure', () => {
     expect(peak).toBe(200);
   });
 });
+
+describe('type concurrency', () => {
+  let fleet: TestFleet;
+  afterEach(async () => fleet.close());
+
+  it('runs at most the configured number of one type at once, while other types use the free slots', async () => {
+    fleet = openFleet({ typeConcurrency: { Paid: 2 } });
+    const gates: (() => void)[] = [];
+    const running = { Paid: 0, Free: 0 };
+    let peakPaid = 0;
+    for (const type of ['Paid', 'Free'] as const) {
+      fleet.manager.handle(type, async () => {
+        running[type]++;
+        peakPaid = Math.max(peakPaid, running.Paid);
+        const g = gate();
+        gates.push(g.open);
+        await g.promise;
+        running[type]--;
+      });
+    }
+    await Promise.all(
+      Array.from({ length: 10 }, (_, i) => fleet.manager.submit({ task_type: 'Paid', description: `p${i}` })),
+    );
+    await Promise.all(
+      Array.from({ length: 5 }, (_, i) => fleet.manager.submit({ task_type: 'Free', description: `f${i}` })),
+    );
+    await fleet.manager.start();
+    await waitFor(() => running.Paid === 2 && running.Free === 5, 'two Paid and five Free running');
+    await fleet.clock.advance(100);
+    expect(running.Paid).toBe(2);
+    while ((await fleet.manager.metrics()).successful_tasks < 15) {
+      gates.shift()?.();
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    expect(peakPaid).toBe(2);
+  });
+
+  it('lists this process among the live instances with its slots', async () => {
+    fleet = openFleet({ maxConcurrentTasks: 7, instanceId: 'inst-test' });
+    fleet.manager.handle('Work', async () => undefined);
+    await fleet.manager.start();
+    const status = await waitFor(async () => {
+      const s = await fleet.manager.queueStatus();
+      return s.instances.length === 1 ? s : null;
+    }, 'the instance to be listed');
+    expect(status.instances[0]).toMatchObject({ id: 'inst-test', max_slots: 7, pid: process.pid });
+    expect((await fleet.manager.queueStatus({ userId: 'someone' })).instances).toEqual([]);
+  });
+});

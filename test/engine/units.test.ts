@@ -1,69 +1,82 @@
 import { describe, expect, it, vi } from 'vitest';
+import {
+  advanceBreaker,
+  applyVerdict,
+  closedBreaker,
+  halfOpenAtMs,
+  leaseAllowance,
+} from '../../src/domain/breaker.js';
 import { BackpressureManager } from '../../src/engine/backpressure.js';
 import { Batcher } from '../../src/engine/batcher.js';
-import { type BreakerTransition, CircuitBreakers } from '../../src/engine/breaker.js';
+import { CircuitBreakers } from '../../src/engine/breaker.js';
 import { ManualClock } from '../../src/engine/clock.js';
 import { SimulateExecutor } from '../../src/executors/simulate.js';
 import { openFleet } from '../support/fleet.js';
 
-describe('CircuitBreakers', () => {
-  function setup() {
-    const clock = new ManualClock();
-    const breakers = new CircuitBreakers({ threshold: 5, timeoutMs: 60_000 }, clock);
-    const transitions: BreakerTransition[] = [];
-    breakers.onTransition((t) => transitions.push(t));
-    return { clock, breakers, transitions };
-  }
+describe('breaker rules', () => {
+  const rules = { threshold: 5, timeoutMs: 60_000 };
+  const T = 1_000_000;
 
   it('opens after 5 consecutive failures, not after 4 or after failures broken by a success', () => {
-    const { breakers, transitions } = setup();
-    for (let i = 0; i < 4; i++) breakers.recordFailure('A', `t${i}`);
-    breakers.recordSuccess('A', 'ok');
-    for (let i = 0; i < 4; i++) breakers.recordFailure('A', `u${i}`);
-    expect(breakers.state('A')).toBe('closed');
-    breakers.recordFailure('A', 'u4');
-    expect(breakers.state('A')).toBe('open');
-    expect(transitions.map((t) => [t.from, t.to, t.failures])).toEqual([['closed', 'open', 5]]);
-    expect(breakers.leaseConstraints()).toEqual({ excludeTypes: ['A'], typeCaps: {} });
+    let r = closedBreaker('A');
+    for (let i = 0; i < 4; i++) r = applyVerdict(r, 'failure', `t${i}`, T, rules);
+    r = applyVerdict(r, 'success', 'ok', T, rules);
+    for (let i = 0; i < 4; i++) r = applyVerdict(r, 'failure', `u${i}`, T, rules);
+    expect(r).toMatchObject({ state: 'closed', failures: 4 });
+    expect(leaseAllowance(r)).toBe('any');
+    r = applyVerdict(r, 'failure', 'u4', T + 7, rules);
+    expect(r).toMatchObject({ state: 'open', failures: 5, openedAtMs: T + 7 });
+    expect(leaseAllowance(r)).toBe('none');
   });
 
-  it('half-opens after exactly 60 s and admits a single probe', async () => {
-    const { clock, breakers } = setup();
-    for (let i = 0; i < 5; i++) breakers.recordFailure('A', `t${i}`);
-    expect(breakers.nextTransitionAtMs()).toBe(clock.now() + 60_000);
-    await clock.advance(59_999);
-    expect(breakers.state('A')).toBe('open');
-    await clock.advance(1);
-    expect(breakers.state('A')).toBe('half_open');
-    expect(breakers.leaseConstraints()).toEqual({ excludeTypes: [], typeCaps: { A: 1 } });
-    breakers.recordLeased('A', 'probe');
-    expect(breakers.leaseConstraints()).toEqual({ excludeTypes: ['A'], typeCaps: {} });
-    // A straggler's verdict does not decide; the probe's does.
-    breakers.recordSuccess('A', 'straggler');
-    expect(breakers.state('A')).toBe('half_open');
-    breakers.recordFailure('A', 'probe');
-    expect(breakers.state('A')).toBe('open');
+  it('half-opens after exactly 60 s; only the probe decides', () => {
+    let r = closedBreaker('A');
+    for (let i = 0; i < 5; i++) r = applyVerdict(r, 'failure', `t${i}`, T, rules);
+    expect(halfOpenAtMs(r, rules)).toBe(T + 60_000);
+    expect(advanceBreaker(r, T + 59_999, rules).state).toBe('open');
+    r = advanceBreaker(r, T + 60_000, rules);
+    expect(r.state).toBe('half_open');
+    expect(leaseAllowance(r)).toBe('probe');
+    r = { ...r, probeTaskId: 'probe' };
+    expect(leaseAllowance(r)).toBe('none');
+    expect(applyVerdict(r, 'success', 'straggler', T + 60_001, rules)).toBe(r);
+    const reopened = applyVerdict(r, 'failure', 'probe', T + 61_000, rules);
+    expect(reopened).toMatchObject({ state: 'open', openedAtMs: T + 61_000, probeTaskId: null });
+    expect(applyVerdict(r, 'success', 'probe', T + 61_000, rules)).toMatchObject({
+      state: 'closed',
+      failures: 0,
+    });
+    expect(applyVerdict(r, 'abandon', 'probe', T + 61_000, rules)).toMatchObject({
+      state: 'half_open',
+      probeTaskId: null,
+    });
+  });
+
+  it('ignores verdicts while open', () => {
+    let r = closedBreaker('A');
+    for (let i = 0; i < 5; i++) r = applyVerdict(r, 'failure', `t${i}`, T, rules);
+    expect(applyVerdict(r, 'success', 'late', T + 1, rules)).toBe(r);
+    expect(applyVerdict(r, 'failure', 'late', T + 1, rules)).toBe(r);
+  });
+});
+
+describe("CircuitBreakers (this process's view)", () => {
+  it('reports each transition once, including the timed open → half-open', async () => {
+    const clock = new ManualClock();
+    const view = new CircuitBreakers({ threshold: 5, timeoutMs: 60_000 }, clock);
+    const seen: string[] = [];
+    view.onTransition((t) => seen.push(`${t.taskType}:${t.from}->${t.to}`));
+    view.update({ taskType: 'A', state: 'closed', failures: 3, openedAtMs: null, probeTaskId: null });
+    view.update({ taskType: 'A', state: 'open', failures: 5, openedAtMs: clock.now(), probeTaskId: null });
+    view.update({ taskType: 'A', state: 'open', failures: 5, openedAtMs: clock.now(), probeTaskId: null });
+    expect(view.blockedTypes()).toEqual(['A']);
+    expect(view.nextTransitionAtMs()).toBe(clock.now() + 60_000);
     await clock.advance(60_000);
-    breakers.recordLeased('A', 'probe2');
-    breakers.recordSuccess('A', 'probe2');
-    expect(breakers.state('A')).toBe('closed');
-  });
-
-  it('frees the probe slot when the probe ends without a verdict', async () => {
-    const { clock, breakers } = setup();
-    for (let i = 0; i < 5; i++) breakers.recordFailure('A', `t${i}`);
-    await clock.advance(60_000);
-    breakers.recordLeased('A', 'probe');
-    breakers.recordAbandoned('A', 'probe');
-    expect(breakers.leaseConstraints().typeCaps).toEqual({ A: 1 });
-  });
-
-  it('keeps one breaker per type', () => {
-    const { breakers } = setup();
-    for (let i = 0; i < 5; i++) breakers.recordFailure('A', `t${i}`);
-    breakers.recordFailure('B', 'b');
-    expect(breakers.states()).toEqual({ A: 'open', B: 'closed' });
-    expect(breakers.anyOpen()).toBe(true);
+    view.tick();
+    expect(view.states()).toEqual({ A: 'half_open' });
+    expect(view.blockedTypes()).toEqual([]);
+    view.replaceAll([{ taskType: 'A', state: 'closed', failures: 0, openedAtMs: null, probeTaskId: null }]);
+    expect(seen).toEqual(['A:closed->open', 'A:open->half_open', 'A:half_open->closed']);
   });
 });
 

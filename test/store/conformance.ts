@@ -3,6 +3,7 @@
  * interface (never SQL), with fixed `nowMs` values, so it runs unchanged against SQLite and PostgreSQL.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { BreakerRules, BreakerVerdict } from '../../src/domain/breaker.js';
 import {
   InvalidStateError,
   NotFoundError,
@@ -27,8 +28,9 @@ import type {
 const T0 = Date.UTC(2025, 0, 1, 12, 0, 0);
 const MINUTE = 60_000;
 const LIMITS: AdmissionLimits = { queueCapacity: 1000, maxTasksPerUser: 1000 };
-const RULES: HealthRules = { unhealthyThreshold: 3 };
 const LEASE_MS = 30_000;
+const BREAKER: BreakerRules = { threshold: 3, timeoutMs: 60_000 };
+const RULES: HealthRules = { unhealthyThreshold: 3, breakerRules: BREAKER };
 
 /** Options of a task made by `makeTask`. */
 interface TaskOptions {
@@ -107,6 +109,7 @@ export function describeStoreConformance(
         typeCaps: {},
         maxAgentsPerUser: 10,
         newAgentId: () => nextId('agent'),
+        breakerRules: BREAKER,
         ...overrides,
       };
     }
@@ -1149,6 +1152,176 @@ export function describeStoreConformance(
         });
         expect((await store.listEvents(null, 2)).map((e) => e.atMs)).toEqual([T0 + 2, T0 + 1]);
         expect((await store.listEvents('alice', 10)).map((e) => e.kind)).toEqual(['lease_reclaimed']);
+      });
+    });
+
+    describe('shared circuit breakers', () => {
+      /** Leases one task of `type` and settles it with `verdict` (a failure is retried). */
+      async function attempt(type: string, verdict: BreakerVerdict, nowMs: number) {
+        const [leased] = await lease({ nowMs, limit: 1, excludeTypes: [], typeCaps: {} });
+        if (!leased) return null;
+        expect(leased.task.task_type).toBe(type);
+        const settlement: Settlement =
+          verdict === 'success'
+            ? { kind: 'succeeded', resultJson: null }
+            : { kind: 'retry', error: 'down', runAtMs: nowMs, agentFault: false };
+        const [result] = await store.settleBatch(
+          [{ taskId: leased.task.id, token: leased.token, nowMs, settlement, breaker: verdict }],
+          RULES,
+        );
+        return { leased, result };
+      }
+
+      it('opens after threshold consecutive failures; open types are not leased and spend no attempt', async () => {
+        await submit([makeTask({ taskType: 'A', maxRetries: 50 })]);
+        expect(await store.listBreakers(T0, BREAKER)).toEqual([]);
+        for (let i = 0; i < 2; i++) await attempt('A', 'failure', T0 + i);
+        expect((await store.listBreakers(T0, BREAKER))[0]).toMatchObject({
+          taskType: 'A',
+          state: 'closed',
+          failures: 2,
+        });
+        const third = await attempt('A', 'failure', T0 + 2);
+        expect(third?.result?.breaker).toMatchObject({ state: 'open', failures: 3, openedAtMs: T0 + 2 });
+        await submit([makeTask({ taskType: 'B' })]);
+        const leased = await lease({ nowMs: T0 + 10 });
+        expect(leased.map((l) => l.task.task_type)).toEqual(['B']);
+        const a = (await store.listTasks({ userId: null, taskType: 'A', limit: 10 })).tasks[0];
+        expect([a?.status, a?.attempts]).toEqual(['queued', 3]);
+      });
+
+      it('a success resets the consecutive count', async () => {
+        await submit([makeTask({ taskType: 'A', maxRetries: 50 })]);
+        await attempt('A', 'failure', T0);
+        await attempt('A', 'failure', T0 + 1);
+        const ok = await attempt('A', 'success', T0 + 2);
+        expect(ok?.result?.breaker).toMatchObject({ state: 'closed', failures: 0 });
+      });
+
+      it('half-opens after the timeout and leases exactly one probe, across stores and calls', async () => {
+        await submit(Array.from({ length: 5 }, () => makeTask({ taskType: 'A', maxRetries: 50 })));
+        for (let i = 0; i < 3; i++) await attempt('A', 'failure', T0 + i);
+        const openedAt = T0 + 2;
+        expect(await lease({ nowMs: openedAt + 59_999 })).toEqual([]);
+        expect((await store.listBreakers(openedAt + 60_000, BREAKER))[0]?.state).toBe('half_open');
+        const probe = await lease({ nowMs: openedAt + 60_000, limit: 10 });
+        expect(probe).toHaveLength(1);
+        expect(await lease({ nowMs: openedAt + 60_001, limit: 10, owner: 'proc-2' })).toEqual([]);
+        const [probeResult] = await store.settleBatch(
+          [
+            {
+              taskId: probe[0]?.task.id ?? '',
+              token: probe[0]?.token ?? '',
+              nowMs: openedAt + 61_000,
+              settlement: {
+                kind: 'retry',
+                error: 'still down',
+                runAtMs: openedAt + 61_000,
+                agentFault: false,
+              },
+              breaker: 'failure',
+            },
+          ],
+          RULES,
+        );
+        expect(probeResult?.breaker).toMatchObject({ state: 'open', openedAtMs: openedAt + 61_000 });
+        expect(await lease({ nowMs: openedAt + 61_000 + 59_999 })).toEqual([]);
+        const second = await lease({ nowMs: openedAt + 121_000, limit: 10 });
+        expect(second).toHaveLength(1);
+        const [closed] = await store.settleBatch(
+          [
+            {
+              taskId: second[0]?.task.id ?? '',
+              token: second[0]?.token ?? '',
+              nowMs: openedAt + 121_500,
+              settlement: { kind: 'succeeded', resultJson: null },
+              breaker: 'success',
+            },
+          ],
+          RULES,
+        );
+        expect(closed?.breaker).toMatchObject({ state: 'closed', failures: 0, probeTaskId: null });
+        expect(await lease({ nowMs: openedAt + 122_000, limit: 10 })).toHaveLength(4);
+      });
+
+      it("ignores a straggler's verdict while open, and frees the probe slot on abandon or reclaim", async () => {
+        await submit(Array.from({ length: 6 }, () => makeTask({ taskType: 'A', maxRetries: 50 })));
+        const stragglers = await lease({ nowMs: T0, limit: 2 });
+        for (let i = 0; i < 3; i++) await attempt('A', 'failure', T0 + 1 + i);
+        const [late] = await store.settleBatch(
+          [
+            {
+              taskId: stragglers[0]?.task.id ?? '',
+              token: stragglers[0]?.token ?? '',
+              nowMs: T0 + 10,
+              settlement: { kind: 'succeeded', resultJson: null },
+              breaker: 'success',
+            },
+          ],
+          RULES,
+        );
+        expect(late?.ok).toBe(true);
+        expect((await store.listBreakers(T0 + 10, BREAKER))[0]?.state).toBe('open');
+        const t = T0 + 3 + 60_000;
+        const [probe] = await lease({ nowMs: t, limit: 5, leaseMs: 1000 });
+        const [abandoned] = await store.settleBatch(
+          [
+            {
+              taskId: probe?.task.id ?? '',
+              token: probe?.token ?? '',
+              nowMs: t + 1,
+              settlement: { kind: 'released' },
+              breaker: 'abandon',
+            },
+          ],
+          RULES,
+        );
+        expect(abandoned?.breaker).toMatchObject({ state: 'half_open', probeTaskId: null });
+        const [probe2] = await lease({ nowMs: t + 2, limit: 5, leaseMs: 1000 });
+        expect(probe2).toBeDefined();
+        expect(await lease({ nowMs: t + 3, limit: 5 })).toEqual([]);
+        await store.reclaimExpired(t + 5000);
+        expect(await lease({ nowMs: t + 5001, limit: 5 })).toHaveLength(1);
+      });
+    });
+
+    describe('cluster-wide type limits', () => {
+      it('leases at most limit − running tasks of a limited type, whichever process runs them', async () => {
+        await submit(Array.from({ length: 10 }, () => makeTask({ taskType: 'Paid' })));
+        await submit(Array.from({ length: 3 }, () => makeTask({ taskType: 'Free' })));
+        const first = await lease({ limit: 3, typeLimits: { Paid: 4 } });
+        expect(first).toHaveLength(3);
+        const second = await lease({ owner: 'proc-2', limit: 10, typeLimits: { Paid: 4 } });
+        expect(second.filter((l) => l.task.task_type === 'Paid')).toHaveLength(1);
+        expect(second.filter((l) => l.task.task_type === 'Free')).toHaveLength(3);
+        expect(await lease({ owner: 'proc-3', limit: 10, typeLimits: { Paid: 4 } })).toEqual([]);
+        const done = first[0];
+        if (!done) throw new Error('nothing leased');
+        await settle(done, { kind: 'succeeded', resultJson: null });
+        expect(await lease({ owner: 'proc-3', limit: 10, typeLimits: { Paid: 4 } })).toHaveLength(1);
+      });
+    });
+
+    describe('instances', () => {
+      it('records each heartbeat and lists the live ones', async () => {
+        const beat = { host: 'h1', pid: 11, startedAtMs: T0, slotsInUse: 3, maxSlots: 200 };
+        await store.heartbeat('proc-1', T0 + 1000, LEASE_MS, beat);
+        await store.heartbeat('proc-2', T0 + 5000, LEASE_MS, { ...beat, host: 'h2', pid: 22, slotsInUse: 0 });
+        await store.heartbeat('proc-1', T0 + 6000, LEASE_MS, { ...beat, slotsInUse: 7 });
+        const live = await store.listInstances(T0 + 2000);
+        expect(live.map((i) => [i.id, i.slots_in_use])).toEqual([
+          ['proc-1', 7],
+          ['proc-2', 0],
+        ]);
+        expect(live[0]).toMatchObject({
+          host: 'h1',
+          pid: 11,
+          max_slots: 200,
+          heartbeat_at: new Date(T0 + 6000).toISOString(),
+        });
+        expect((await store.listInstances(T0 + 5500)).map((i) => i.id)).toEqual(['proc-1']);
+        await store.removeInstance('proc-1');
+        expect(await store.listInstances(0)).toHaveLength(1);
       });
     });
 

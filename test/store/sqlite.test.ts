@@ -9,6 +9,7 @@ import { priorityKey } from '../../src/domain/priority.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { SQLITE_MIGRATIONS } from '../../src/store/sqlite-migrations.js';
 import type { LeaseRequest, NewTask, Store } from '../../src/store/store.js';
+import { SPEC_BREAKER_RULES } from '../../src/store/store.js';
 import { describeStoreConformance } from './conformance.js';
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -60,6 +61,7 @@ function leaseRequest(owner: string, limit: number, agentIds: () => string): Lea
     limit,
     nowMs: T0 + 1000,
     leaseMs: 30_000,
+    breakerRules: SPEC_BREAKER_RULES,
     excludeTypes: [],
     typeCaps: {},
     maxAgentsPerUser: 100,
