@@ -4,12 +4,16 @@
  * the spec's in snake_case, durations end in `_ms`. Unknown keys and bad values throw a
  * ValidationError naming the key, so a typo stops the start instead of being ignored.
  */
+
 import { readFileSync } from 'node:fs';
 import { type TSchema, Type } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import type { ApiOptions } from './api/api-options.js';
 import { ValidationError } from './domain/errors.js';
+import { type AlertOptions, DEFAULT_ALERT_OPTIONS } from './engine/alerts.js';
+import { systemClock } from './engine/clock.js';
 import { type AgentManagerOptions, NUMERIC_OPTIONS } from './engine/options.js';
+import { createExecutor } from './executors/from-config.js';
 
 type NumericOption = keyof typeof NUMERIC_OPTIONS;
 
@@ -21,43 +25,39 @@ type SnakeCase<S extends string> = S extends `${infer Head}${infer Tail}`
 /** The engine's numeric options under their config names (`task_queue_capacity`, `lease_ms`, …). */
 export type EngineNumbers = { [K in NumericOption as SnakeCase<K>]: number };
 
-/** A simulated agent: waits `latency_ms` (fixed or `[min, max]`), fails with `failure_rate`. */
-export interface SimulateAgentType {
-  executor: 'simulate';
-  latency_ms: number | [number, number];
-  failure_rate: number;
-  seed?: number;
+/** The executor kinds an `agent_types` entry may name. */
+export const EXECUTOR_KINDS = ['simulate', 'http', 'command', 'llm'] as const;
+
+/**
+ * How the agents of one task type do their work: `executor` names the kind and the other keys are that
+ * kind's options (DESIGN §5). The options are checked key by key where the executor is built
+ * (src/executors/from-config.ts), so one place knows each kind's keys.
+ */
+export interface AgentTypeConfig {
+  executor: (typeof EXECUTOR_KINDS)[number];
   timeout_ms?: number;
+  [option: string]: unknown;
 }
 
-/** An agent service reached by HTTP POST (accepted by the schema; not available yet). */
-export interface HttpAgentType {
-  executor: 'http';
-  url: string;
-  headers?: Record<string, string>;
-  timeout_ms?: number;
+/** The `alerts` section: the spec's four rules, their thresholds, and where transitions are sent. */
+export interface AlertsConfig {
+  /** Queue above this share of its capacity fires `queue_near_capacity` (spec: 0.8). */
+  queue_fraction: number;
+  /** Unhealthy agents above this share of the agents not retired fire `unhealthy_agents` (spec: 0.1). */
+  unhealthy_agent_fraction: number;
+  /** A success rate below this over the window fires `low_success_rate` (spec: 0.9). */
+  success_rate: number;
+  /** The success-rate window. */
+  success_rate_window_ms: number;
+  /** Fewest finished tasks in the window before the rate is judged. */
+  success_rate_min_tasks: number;
+  /** How often the rules are evaluated. */
+  evaluation_interval_ms: number;
+  /** URLs that get a JSON POST when an alert fires or resolves. */
+  webhooks: string[];
+  /** Time limit of one webhook POST. */
+  webhook_timeout_ms: number;
 }
-
-/** A subprocess that reads the task as JSON on stdin (accepted by the schema; not available yet). */
-export interface CommandAgentType {
-  executor: 'command';
-  argv: string[];
-  cwd?: string;
-  timeout_ms?: number;
-}
-
-/** An OpenAI-compatible chat endpoint (accepted by the schema; not available yet). */
-export interface LlmAgentType {
-  executor: 'llm';
-  base_url: string;
-  model: string;
-  api_key_env?: string;
-  system_prompt?: string;
-  timeout_ms?: number;
-}
-
-/** How the agents of one task type do their work. */
-export type AgentTypeConfig = SimulateAgentType | HttpAgentType | CommandAgentType | LlmAgentType;
 
 /** Log levels pino knows. */
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -76,6 +76,9 @@ export interface AgentfleetConfig extends EngineNumbers {
   body_limit_bytes: number;
   log_level: LogLevel;
   agent_types: Record<string, AgentTypeConfig>;
+  /** Cluster-wide caps on running tasks per type, across every process on the database. */
+  type_concurrency: Record<string, number>;
+  alerts: AlertsConfig;
 }
 
 /** The agent types a fresh install runs: simulated, so the spec's curl loop works with no setup. */
@@ -114,7 +117,26 @@ function numberSchema(rule: { min: number; max: number; integer: boolean }): TSc
 const MIN_KEY_LENGTH = 8;
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-const TIMEOUT = Type.Integer({ minimum: 1, maximum: NUMERIC_OPTIONS.maxTimeoutMs.max });
+
+const RATIO = Type.Number({ minimum: 0, maximum: 1 });
+const POSITIVE_MS = Type.Integer({ minimum: 1, maximum: 86_400_000 });
+
+/** The `alerts` section; every key optional, unknown keys refused. */
+const ALERTS_SCHEMA = Type.Partial(
+  Type.Object(
+    {
+      queue_fraction: RATIO,
+      unhealthy_agent_fraction: RATIO,
+      success_rate: RATIO,
+      success_rate_window_ms: POSITIVE_MS,
+      success_rate_min_tasks: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
+      evaluation_interval_ms: POSITIVE_MS,
+      webhooks: Type.Array(Type.String({ pattern: '^https?://' }), { maxItems: 20 }),
+      webhook_timeout_ms: Type.Integer({ minimum: 1, maximum: 600_000 }),
+    },
+    { additionalProperties: false },
+  ),
+);
 
 /** File schema; the agent type entries are checked one by one (see checkAgentType) for clear messages. */
 const FILE_SCHEMA = Type.Partial(
@@ -128,56 +150,16 @@ const FILE_SCHEMA = Type.Partial(
       api_keys: Type.Record(Type.String(), Type.String({ minLength: 1, maxLength: 200 })),
       admin_keys: Type.Array(Type.String({ minLength: MIN_KEY_LENGTH })),
       agent_types: Type.Record(Type.String({ pattern: '^[A-Za-z][A-Za-z0-9_.-]{0,99}$' }), Type.Unknown()),
+      alerts: ALERTS_SCHEMA,
+      type_concurrency: Type.Record(
+        Type.String({ pattern: '^[A-Za-z][A-Za-z0-9_.-]{0,99}$' }),
+        Type.Integer({ minimum: 1, maximum: 1_000_000 }),
+      ),
       ...Object.fromEntries(ENGINE_KEYS.map(({ snake, rule }) => [snake, numberSchema(rule)])),
     },
     { additionalProperties: false },
   ),
 );
-
-const AGENT_TYPE_SCHEMAS: Record<AgentTypeConfig['executor'], TSchema> = {
-  simulate: Type.Object(
-    {
-      executor: Type.Literal('simulate'),
-      latency_ms: Type.Union([
-        Type.Integer({ minimum: 0 }),
-        Type.Tuple([Type.Integer({ minimum: 0 }), Type.Integer({ minimum: 0 })]),
-      ]),
-      failure_rate: Type.Number({ minimum: 0, maximum: 1 }),
-      seed: Type.Optional(Type.Integer()),
-      timeout_ms: Type.Optional(TIMEOUT),
-    },
-    { additionalProperties: false },
-  ),
-  http: Type.Object(
-    {
-      executor: Type.Literal('http'),
-      url: Type.String({ pattern: '^https?://' }),
-      headers: Type.Optional(Type.Record(Type.String(), Type.String())),
-      timeout_ms: Type.Optional(TIMEOUT),
-    },
-    { additionalProperties: false },
-  ),
-  command: Type.Object(
-    {
-      executor: Type.Literal('command'),
-      argv: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
-      cwd: Type.Optional(Type.String()),
-      timeout_ms: Type.Optional(TIMEOUT),
-    },
-    { additionalProperties: false },
-  ),
-  llm: Type.Object(
-    {
-      executor: Type.Literal('llm'),
-      base_url: Type.String({ pattern: '^https?://' }),
-      model: Type.String({ minLength: 1 }),
-      api_key_env: Type.Optional(Type.String({ minLength: 1 })),
-      system_prompt: Type.Optional(Type.String()),
-      timeout_ms: Type.Optional(TIMEOUT),
-    },
-    { additionalProperties: false },
-  ),
-};
 
 /** `/agent_types/Flaky/failure_rate` → `agent_types.Flaky.failure_rate`. */
 function keyOf(prefix: string, path: string): string {
@@ -208,21 +190,16 @@ function checkAgentType(name: string, entry: unknown): AgentTypeConfig {
     throw new ValidationError(key, 'must be an object such as {"executor": "simulate", ...}');
   }
   const kind = (entry as { executor?: unknown }).executor;
-  if (typeof kind !== 'string' || !(kind in AGENT_TYPE_SCHEMAS)) {
+  if (typeof kind !== 'string' || !(EXECUTOR_KINDS as readonly string[]).includes(kind)) {
     throw new ValidationError(
       `${key}.executor`,
-      `must be one of ${Object.keys(AGENT_TYPE_SCHEMAS).join(', ')}, got ${JSON.stringify(kind)}`,
+      `must be one of ${EXECUTOR_KINDS.join(', ')}, got ${JSON.stringify(kind)}`,
     );
   }
-  const schema = AGENT_TYPE_SCHEMAS[kind as AgentTypeConfig['executor']];
-  check(schema, entry, key);
-  const config = entry as AgentTypeConfig;
-  if (config.executor === 'simulate' && Array.isArray(config.latency_ms)) {
-    const [min, max] = config.latency_ms;
-    if (max < min)
-      throw new ValidationError(`${key}.latency_ms`, `[min, max] needs min <= max, got [${min}, ${max}]`);
-  }
-  return config;
+  // Building the executor is its check: one place knows each kind's keys. Building has no side effect;
+  // environment variables are only looked up for real when the server starts (startFleet).
+  createExecutor(name, entry, { clock: systemClock, env: () => 'checked-at-start' });
+  return entry as AgentTypeConfig;
 }
 
 /** Defaults: the spec's numbers, local mode, the six simulated types. */
@@ -239,6 +216,17 @@ export function defaultConfig(): AgentfleetConfig {
     body_limit_bytes: SERVER_NUMBERS.body_limit_bytes.default,
     log_level: 'info',
     agent_types: structuredClone({ ...DEFAULT_AGENT_TYPES }),
+    type_concurrency: {},
+    alerts: {
+      queue_fraction: DEFAULT_ALERT_OPTIONS.queueFraction,
+      unhealthy_agent_fraction: DEFAULT_ALERT_OPTIONS.unhealthyAgentFraction,
+      success_rate: DEFAULT_ALERT_OPTIONS.successRate,
+      success_rate_window_ms: DEFAULT_ALERT_OPTIONS.successRateWindowMs,
+      success_rate_min_tasks: DEFAULT_ALERT_OPTIONS.successRateMinTasks,
+      evaluation_interval_ms: DEFAULT_ALERT_OPTIONS.evaluationIntervalMs,
+      webhooks: [...DEFAULT_ALERT_OPTIONS.webhooks],
+      webhook_timeout_ms: DEFAULT_ALERT_OPTIONS.webhookTimeoutMs,
+    },
     ...engine,
   };
 }
@@ -252,13 +240,25 @@ export function parseConfig(raw: unknown, base: AgentfleetConfig = defaultConfig
     throw new ValidationError('(root)', 'the config must be a JSON object');
   }
   check(FILE_SCHEMA, raw, '');
-  const input = raw as Partial<AgentfleetConfig> & { agent_types?: Record<string, unknown> };
-  const { agent_types: types, ...rest } = input;
-  const config: AgentfleetConfig = { ...base, ...rest };
+  const input = raw as Omit<Partial<AgentfleetConfig>, 'alerts'> & {
+    agent_types?: Record<string, unknown>;
+    alerts?: Partial<AlertsConfig>;
+  };
+  const { agent_types: types, alerts, ...rest } = input;
+  // A given `alerts` section changes only the keys it names.
+  const config: AgentfleetConfig = { ...base, ...rest, alerts: { ...base.alerts, ...alerts } };
   if (types !== undefined) {
     config.agent_types = Object.fromEntries(
       Object.entries(types).map(([name, entry]) => [name, checkAgentType(name, entry)]),
     );
+  }
+  for (const type of Object.keys(config.type_concurrency)) {
+    if (!(type in config.agent_types)) {
+      throw new ValidationError(
+        `type_concurrency.${type}`,
+        `is not a configured task type (agent_types has ${Object.keys(config.agent_types).join(', ')})`,
+      );
+    }
   }
   if (config.retry_max_delay_ms < config.retry_initial_delay_ms) {
     throw new ValidationError(
@@ -368,13 +368,15 @@ export interface CompiledConfig {
   manager: AgentManagerOptions;
   server: ServerOptions;
   agentTypes: Readonly<Record<string, AgentTypeConfig>>;
+  alerts: AlertOptions;
 }
 
 /** Turns a loaded config into `AgentManagerOptions` (camelCase, `…Ms`) and server options. */
 export function compileConfig(config: AgentfleetConfig): CompiledConfig {
-  const manager = Object.fromEntries(
-    ENGINE_KEYS.map(({ camel, snake }) => [camel, config[snake]]),
-  ) as AgentManagerOptions;
+  const manager = {
+    ...Object.fromEntries(ENGINE_KEYS.map(({ camel, snake }) => [camel, config[snake]])),
+    typeConcurrency: config.type_concurrency,
+  } as AgentManagerOptions;
   return {
     manager,
     server: {
@@ -389,5 +391,16 @@ export function compileConfig(config: AgentfleetConfig): CompiledConfig {
       logLevel: config.log_level,
     },
     agentTypes: config.agent_types,
+    alerts: {
+      ...DEFAULT_ALERT_OPTIONS,
+      queueFraction: config.alerts.queue_fraction,
+      unhealthyAgentFraction: config.alerts.unhealthy_agent_fraction,
+      successRate: config.alerts.success_rate,
+      successRateWindowMs: config.alerts.success_rate_window_ms,
+      successRateMinTasks: config.alerts.success_rate_min_tasks,
+      evaluationIntervalMs: config.alerts.evaluation_interval_ms,
+      webhooks: [...config.alerts.webhooks],
+      webhookTimeoutMs: config.alerts.webhook_timeout_ms,
+    },
   };
 }

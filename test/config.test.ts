@@ -1,10 +1,9 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createExecutor, startFleet } from '../src/cli/fleet.js';
+import { startFleet } from '../src/cli/fleet.js';
 import { compileConfig, DEFAULT_AGENT_TYPES, defaultConfig, loadConfig, parseConfig } from '../src/config.js';
-import { SimulateExecutor } from '../src/executors/simulate.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'agentfleet-config-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -152,16 +151,32 @@ describe('config', () => {
     });
   });
 
-  it('builds simulate executors and refuses the executors that are not available yet', async () => {
-    expect(createExecutor('A', { executor: 'simulate', latency_ms: [1, 2], failure_rate: 0 })).toBeInstanceOf(
-      SimulateExecutor,
+  it('takes type_concurrency for configured types only', () => {
+    const config = parseConfig({ type_concurrency: { CodeGeneration: 50 } });
+    expect(compileConfig(config).manager.typeConcurrency).toEqual({ CodeGeneration: 50 });
+    expect(() => parseConfig({ type_concurrency: { Nope: 5 } })).toThrow(
+      'type_concurrency.Nope: is not a configured task type',
     );
+    expect(() => parseConfig({ type_concurrency: { CodeGeneration: 0 } })).toThrow(
+      /type_concurrency\/CodeGeneration|type_concurrency\.CodeGeneration/,
+    );
+  });
+
+  it('refuses to start when an llm type names an unset API key variable, before anything opens', async () => {
     const config = parseConfig({
       database: join(dir, 'never.db'),
-      agent_types: { Reviewer: { executor: 'http', url: 'http://127.0.0.1:8080/run' } },
+      agent_types: {
+        Writer: {
+          executor: 'llm',
+          base_url: 'http://127.0.0.1:9/v1',
+          model: 'm',
+          api_key_env: 'AGENTFLEET_TEST_UNSET_KEY',
+        },
+      },
     });
     await expect(startFleet(config)).rejects.toThrow(
-      'agent_types.Reviewer.executor: executor "http" is not available yet',
+      /agent_types\.Writer\.api_key_env: environment variable AGENTFLEET_TEST_UNSET_KEY is not set/,
     );
+    expect(existsSync(join(dir, 'never.db'))).toBe(false);
   });
 });

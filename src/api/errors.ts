@@ -12,6 +12,7 @@ export const STATUS_BY_CODE: Readonly<Partial<Record<ErrorCode, number>>> = {
   invalid_input: 400,
   unknown_task_type: 400,
   unauthorized: 401,
+  forbidden: 403,
   not_found: 404,
   invalid_state: 409,
   payload_too_large: 413,
@@ -33,6 +34,14 @@ export class UnauthorizedError extends AgentfleetError {
   override readonly name = 'UnauthorizedError';
   constructor(message: string) {
     super('unauthorized', message);
+  }
+}
+
+/** A valid key that may not use this endpoint (e.g. `/metrics` without an admin key). */
+export class ForbiddenError extends AgentfleetError {
+  override readonly name = 'ForbiddenError';
+  constructor(message: string) {
+    super('forbidden', message);
   }
 }
 

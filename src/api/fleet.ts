@@ -4,6 +4,7 @@
  */
 import type { AgentStatus, AgentView } from '../domain/agent.js';
 import type { Priority, TaskDetail, TaskInput, TaskStatus, TaskView } from '../domain/task.js';
+import type { FleetEvent } from '../engine/events.js';
 
 /** Who is calling: a user id, and whether the key is an admin key (admins see every user's data). */
 export interface Caller {
@@ -78,4 +79,15 @@ export interface Fleet {
   queueStatus(caller?: Caller): Promise<QueueStatusView>;
   healthStatus(caller?: Caller): Promise<HealthStatusView>;
   metrics(caller?: Caller): Promise<MetricsView>;
+  /** Task counts by status (cluster-wide for an admin). */
+  countTasks(caller?: Caller): Promise<Record<TaskStatus, number>>;
+  /** Agent counts by status (cluster-wide for an admin). */
+  countAgents(caller?: Caller): Promise<Record<AgentStatus, number>>;
+  /**
+   * Creation time (epoch ms) of the oldest queued task of each priority, when the store can answer it
+   * in one query. Optional: without it `/metrics` pages through the queued tasks instead.
+   */
+  oldestQueuedAt?(caller?: Caller): Promise<Partial<Record<Priority, number>>>;
+  /** Engine events (tasks, breakers, agents, alerts); returns the unsubscribe function. */
+  subscribe(listener: (event: FleetEvent) => void): () => void;
 }

@@ -178,18 +178,23 @@ export const MetricsSchema = Type.Object({
   circuit_breakers: Breakers,
 });
 
-/** One active alert. */
+/** One alert, firing or resolved. */
 export const AlertSchema = Type.Object({
+  id: Type.String({ description: 'Unique per firing: <name>@<fired epoch ms>' }),
   name: literals(['queue_near_capacity', 'circuit_breaker_open', 'unhealthy_agents', 'low_success_rate']),
   severity: literals(['warning', 'critical']),
+  state: literals(['firing', 'resolved']),
   message: Type.String(),
-  value: Type.Number(),
+  value: Type.Number({ description: 'Observed value: a ratio, or a count of breakers' }),
   threshold: Type.Number(),
+  fired_at: Time,
+  resolved_at: NullableTime,
 });
 
-/** Active alerts. */
+/** Active alerts and recently resolved ones. */
 export const AlertsSchema = Type.Object({
-  alerts: Type.Array(AlertSchema),
+  alerts: Type.Array(AlertSchema, { description: 'Firing now, in rule order' }),
+  recent: Type.Array(AlertSchema, { description: 'Resolved, newest first' }),
   checked_at: Time,
 });
 

@@ -6,51 +6,26 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { ApiOptions } from '../api/api-options.js';
 import { isLocalMode } from '../api/api-options.js';
 import { type AgentfleetApp, buildApp } from '../api/app.js';
-import {
-  type AgentfleetConfig,
-  type AgentTypeConfig,
-  type CompiledConfig,
-  compileConfig,
-} from '../config.js';
+import { type AgentfleetConfig, type CompiledConfig, compileConfig } from '../config.js';
 import { ValidationError } from '../domain/errors.js';
+import { AlertMonitor } from '../engine/alerts.js';
 import { systemClock } from '../engine/clock.js';
 import type { Logger } from '../engine/logger.js';
 import { AgentManager } from '../engine/manager.js';
-import type { Executor } from '../executors/executor.js';
-import { SimulateExecutor } from '../executors/simulate.js';
+import { createExecutor } from '../executors/from-config.js';
 import { openStore } from '../store/open.js';
 
 /** A manager, its app, and how to stop both. */
 export interface RunningFleet {
   readonly manager: AgentManager;
   readonly app: AgentfleetApp;
+  /** The spec's four alerts, evaluated every `alerts.evaluation_interval_ms`. */
+  readonly alerts: AlertMonitor;
   readonly config: CompiledConfig;
   /** Listens on the configured host and port (refusing a non-loopback host in local mode); returns the URL. */
   listen(override?: { host?: string; port?: number }): Promise<string>;
   /** Drains the manager (new submissions get 503 `draining` meanwhile), then closes the server and the store. */
   close(options?: { drainTimeoutMs?: number }): Promise<void>;
-}
-
-/** Builds the executor a config entry names. Only `simulate` exists so far; the others fail at start. */
-export function createExecutor(name: string, config: AgentTypeConfig): Executor {
-  switch (config.executor) {
-    case 'simulate':
-      return new SimulateExecutor(
-        {
-          latencyMs: config.latency_ms,
-          failureRate: config.failure_rate,
-          ...(config.seed === undefined ? {} : { seed: config.seed }),
-        },
-        systemClock,
-      );
-    case 'http':
-    case 'command':
-    case 'llm':
-      throw new ValidationError(
-        `agent_types.${name}.executor`,
-        `executor "${config.executor}" is not available yet in this version; use "simulate" for now`,
-      );
-  }
 }
 
 /** True for addresses only this machine can reach. */
@@ -77,7 +52,7 @@ export async function startFleet(
   const compiled = compileConfig(config);
   const executors = Object.entries(compiled.agentTypes).map(([name, entry]) => ({
     name,
-    executor: createExecutor(name, entry),
+    executor: createExecutor(name, entry, { clock: systemClock, env: (variable) => process.env[variable] }),
     timeoutMs: entry.timeout_ms,
   }));
   assertSafeHost(compiled.server.host, compiled.server);
@@ -98,11 +73,22 @@ export async function startFleet(
     await store.close();
     throw error;
   }
-  const app = buildApp(manager, compiled.server, logger);
+  const alerts = new AlertMonitor(
+    {
+      source: manager,
+      emit: (event) => manager.events.emit(event),
+      clock: manager.options.clock,
+      logger: manager.options.logger,
+    },
+    compiled.alerts,
+  );
+  alerts.start();
+  const app = buildApp(manager, compiled.server, logger, { alerts });
   let closing: Promise<void> | undefined;
   return {
     manager,
     app,
+    alerts,
     config: compiled,
     async listen(override = {}) {
       const host = override.host ?? compiled.server.host;
@@ -119,6 +105,8 @@ export async function startFleet(
           await manager.stop(options);
         } finally {
           try {
+            // After the drain, so alerts keep being evaluated while tasks finish; before the store closes.
+            await alerts.stop();
             await app.close();
           } finally {
             await store.close();

@@ -47,8 +47,8 @@ export async function serveCommand(flags: ServeFlags, env: NodeJS.ProcessEnv): P
       `task types ${simulated.join(', ')} are SIMULATED: they wait a random latency and return a placeholder ` +
         'result; no real agent runs. To change a type, list it under "agent_types" in a config file ' +
         '(agentfleet serve --config agentfleet.json), e.g. {"agent_types": {"CodeGeneration": {"executor": "simulate", ' +
-        '"latency_ms": [200, 2000], "failure_rate": 0.02}}}. Real executors (http, command, llm) are accepted by the ' +
-        'config schema but not available in this version yet; see README "Configuration".',
+        '"latency_ms": [200, 2000], "failure_rate": 0.02}}}, or bind a real agent with "executor": "http" (an agent ' +
+        'service), "command" (a subprocess) or "llm" (an OpenAI-compatible endpoint); see README "Configuration".',
     );
   }
 

@@ -22,6 +22,7 @@ export type ErrorCode =
   | 'cancelled'
   | 'shutdown'
   | 'unauthorized'
+  | 'forbidden'
   | 'payload_too_large'
   | 'internal';
 

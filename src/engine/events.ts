@@ -17,14 +17,16 @@ export type FleetEventType =
   | 'agent.unhealthy'
   | 'agent.probation'
   | 'agent.retired'
-  | 'agent.reset';
+  | 'agent.reset'
+  | 'alert.fired'
+  | 'alert.resolved';
 
 /** Something the engine did, for logs, the event stream and the dashboard. */
 export interface FleetEvent {
   type: FleetEventType;
   /** ISO 8601 time. */
   at: string;
-  /** Owner of the task or agent concerned; null for fleet-wide events (breakers). */
+  /** Owner of the task or agent concerned; null for fleet-wide events (breakers, alerts). */
   user_id: string | null;
   task_id?: string;
   agent_id?: string;

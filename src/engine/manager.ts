@@ -20,7 +20,7 @@ import {
   type TaskView,
 } from '../domain/task.js';
 import { type Executor, handlerExecutor, type TaskHandler } from '../executors/executor.js';
-import type { Store } from '../store/store.js';
+import type { InstanceView, Store } from '../store/store.js';
 import { BackpressureManager } from './backpressure.js';
 import { type BreakerState, CircuitBreakers } from './breaker.js';
 import { CheckpointManager } from './checkpoints.js';
@@ -56,6 +56,8 @@ export interface QueueStatus {
   max_concurrent: number;
   circuit_breaker_open: boolean;
   circuit_breakers: Record<string, BreakerState>;
+  /** Live processes of the cluster with their last heartbeat (admins only; empty for other users). */
+  instances: InstanceView[];
 }
 
 /** The spec's metrics JSON plus its other key metrics. */
@@ -114,6 +116,8 @@ export class AgentManager {
   private lifecycle: ManagerState = 'created';
   private stopping: Promise<void> | null = null;
   private keepAlive: NodeJS.Timeout | null = null;
+  private unsubscribeWake: (() => void) | null = null;
+  private readonly startedAtMs: number;
 
   constructor(config: AgentManagerConfig) {
     const { store, closeStoreOnStop, ...rest } = config;
@@ -128,6 +132,7 @@ export class AgentManager {
       { threshold: this.options.circuitBreakerThreshold, timeoutMs: this.options.circuitBreakerTimeoutMs },
       clock,
     );
+    this.startedAtMs = clock.now();
     this.checkpoints = new CheckpointManager(store, this.options.maxPayloadBytes);
     this.queue = new TaskQueue(store, this.options, this.checkpoints, clock, () => this.taskTypes());
     this.health = new HealthMonitor(store, { unhealthyThreshold: this.options.healthUnhealthyThreshold });
@@ -140,6 +145,7 @@ export class AgentManager {
       checkpoints: this.checkpoints,
       events: this.events,
       executorFor: (type) => this.executors.get(type),
+      instance: { host: this.options.instanceHost, pid: process.pid, startedAtMs: this.startedAtMs },
     });
     this.monitor = new HealthRecoveryMonitor(store, this.options, this.events, () => this.processor.wake());
     this.breakers.onTransition((t) => {
@@ -207,6 +213,7 @@ export class AgentManager {
       throw new InvalidStateError(`cannot start a manager that is ${this.lifecycle}`);
     this.lifecycle = 'starting';
     await this.monitor.runOnce();
+    this.unsubscribeWake = this.store.onWake?.(() => this.processor.wake()) ?? null;
     this.processor.start();
     this.monitor.start();
     if (this.options.keepProcessAlive) this.keepAlive = setInterval(() => undefined, 1 << 30);
@@ -238,6 +245,8 @@ export class AgentManager {
     this.lifecycle = 'draining';
     await this.queue.idle();
     if (wasStarted) {
+      this.unsubscribeWake?.();
+      this.unsubscribeWake = null;
       await this.processor.stopLeasing();
       const running = this.processor.runningCount;
       if (running > 0) logger.info({ running, drain_timeout_ms: drainTimeoutMs }, 'draining running tasks');
@@ -251,6 +260,11 @@ export class AgentManager {
       }
       await this.monitor.stop();
       await this.processor.close();
+      await this.store
+        .removeInstance(this.instanceId)
+        .catch((error: unknown) =>
+          logger.warn({ err: error }, 'could not remove this instance from the cluster list'),
+        );
     }
     if (this.keepAlive) clearInterval(this.keepAlive);
     this.keepAlive = null;
@@ -402,10 +416,23 @@ export class AgentManager {
     return this.store.retireAgent(id, scope(caller), this.options.clock.now());
   }
 
-  /** The spec's queue status. For a non-admin caller the counts are the caller's own tasks. */
+  /**
+   * The spec's queue status. The queue and the breakers are cluster-wide; `concurrent_tasks` and
+   * `max_concurrent` are this process's slots; `instances` lists the live processes (admins only).
+   * For a non-admin caller the counts are the caller's own tasks.
+   */
   async queueStatus(caller: Caller = LOCAL): Promise<QueueStatus> {
-    const counts = await this.store.countTasks(scope(caller));
-    const breakers = this.breakers.states();
+    const now = this.options.clock.now();
+    const [counts, records, instances] = await Promise.all([
+      this.store.countTasks(scope(caller)),
+      this.store.listBreakers(now, this.breakers.rules),
+      caller.admin ? this.store.listInstances(now - 3 * this.heartbeatIntervalMs()) : Promise.resolve([]),
+    ]);
+    this.breakers.replaceAll(records);
+    // Every type this process runs is listed (closed until it fails), plus any other type in the store.
+    const breakers: Record<string, BreakerState> = {};
+    for (const type of this.taskTypes()) breakers[type] = 'closed';
+    Object.assign(breakers, this.breakers.states());
     return {
       queue_size: counts.queued,
       queue_capacity: this.options.taskQueueCapacity,
@@ -413,7 +440,23 @@ export class AgentManager {
       max_concurrent: this.options.maxConcurrentTasks,
       circuit_breaker_open: Object.values(breakers).some((s) => s !== 'closed'),
       circuit_breakers: breakers,
+      instances,
     };
+  }
+
+  /** How often this process renews its leases and its entry in the cluster. */
+  private heartbeatIntervalMs(): number {
+    return Math.max(1, Math.floor(this.options.leaseMs / 3));
+  }
+
+  /** Task counts by status (cluster-wide for an admin, else the caller's own), for metrics. */
+  countTasks(caller: Caller = LOCAL): Promise<Record<TaskStatus, number>> {
+    return this.store.countTasks(scope(caller));
+  }
+
+  /** Agent counts by status (cluster-wide for an admin, else the caller's own), for metrics and alerts. */
+  countAgents(caller: Caller = LOCAL): Promise<Record<AgentStatus, number>> {
+    return this.store.countAgents(scope(caller));
   }
 
   /** The spec's health status, with every agent's health. */

@@ -3,8 +3,14 @@
  * `postgres` client. Semantics are the SQLite store's, operation by operation; what differs is how
  * concurrent processes are kept apart:
  *
- * - Leasing is one call of the plpgsql function `agentfleet_lease` (one round trip), which locks
+ * - Leasing is one call of the plpgsql function `agentfleet_lease_v2` (one round trip), which locks
  *   candidates with `FOR UPDATE SKIP LOCKED`, so concurrent leasers never receive the same task.
+ * - Circuit breakers are shared rows (`breakers`). A lease locks the rows that are not closed (so the
+ *   happy path takes no breaker lock), applies the time rule and records a half-open type's single
+ *   probe before commit, so exactly one probe runs cluster-wide. Settles apply verdicts in the same
+ *   transaction; a success on a closed breaker with no failures reads one row and writes nothing.
+ * - Cluster-wide type limits take one advisory lock per limited type (in key order) inside the lease,
+ *   then count that type's running tasks, so the limit holds across processes.
  * - Admission (queue capacity, per-user limit, idempotency) runs under one advisory lock per schema,
  *   so counts are exact across processes; batches are group-committed, so the lock is taken per batch.
  * - Agent creation takes an advisory lock, so the agent limit holds across processes (idle agents are
@@ -21,6 +27,15 @@ import { randomBytes } from 'node:crypto';
 import postgres from 'postgres';
 import { AGENT_STATUSES, type AgentStatus, type AgentView } from '../domain/agent.js';
 import {
+  advanceBreaker,
+  applyVerdict,
+  type BreakerRecord,
+  type BreakerRules,
+  type BreakerVerdict,
+  breakerChanged,
+  closedBreaker,
+} from '../domain/breaker.js';
+import {
   AgentfleetError,
   InvalidStateError,
   NotFoundError,
@@ -31,7 +46,16 @@ import {
   ValidationError,
 } from '../domain/errors.js';
 import { type AttemptView, TASK_STATUSES, type TaskDetail, type TaskView } from '../domain/task.js';
-import type { AgentRow, AttemptRow, Db, StatsIncrement, TaskRow } from './pg/queries.js';
+import type {
+  AgentRow,
+  AttemptRow,
+  BreakerRow,
+  BreakerWrite,
+  Db,
+  InstanceRow,
+  StatsIncrement,
+  TaskRow,
+} from './pg/queries.js';
 import * as q from './pg/queries.js';
 import { POSTGRES_MIGRATIONS } from './postgres-migrations.js';
 import type {
@@ -39,6 +63,8 @@ import type {
   AgentFilter,
   FleetStats,
   HealthRules,
+  InstanceBeat,
+  InstanceView,
   LeasedTask,
   LeaseRequest,
   NewAgent,
@@ -55,6 +81,7 @@ import type {
   TaskPage,
   TypeStats,
 } from './store.js';
+import { SPEC_BREAKER_RULES } from './store.js';
 
 /** Options of `PostgresStore.connect`. */
 export interface PostgresStoreOptions {
@@ -174,6 +201,105 @@ function toAttemptView(row: AttemptRow): AttemptView {
     outcome: row.outcome,
     error: row.error,
   };
+}
+
+function toInstanceView(row: InstanceRow): InstanceView {
+  return {
+    id: row.id,
+    host: row.host,
+    pid: row.pid,
+    started_at: new Date(row.started_at).toISOString(),
+    heartbeat_at: new Date(row.heartbeat_at).toISOString(),
+    slots_in_use: row.slots_in_use,
+    max_slots: row.max_slots,
+  };
+}
+
+function toBreaker(row: BreakerRow): BreakerRecord {
+  return {
+    taskType: row.task_type,
+    state: row.state,
+    failures: row.failures,
+    openedAtMs: row.opened_at,
+    probeTaskId: row.probe_task_id,
+  };
+}
+
+function toBreakerWrite(record: BreakerRecord): BreakerWrite {
+  return {
+    task_type: record.taskType,
+    state: record.state,
+    failures: record.failures,
+    opened_at: record.openedAtMs,
+    probe_task_id: record.probeTaskId,
+  };
+}
+
+/** Orders strings by their UTF-8 bytes, as PostgreSQL's `COLLATE "C"` does (the breaker lock order). */
+function compareBytes(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+/** One settled attempt's breaker verdict, applied after the batch's tasks (see `applyBreakerVerdicts`). */
+interface PendingVerdict {
+  /** Index of the request (and its result) in the batch. */
+  index: number;
+  taskId: string;
+  nowMs: number;
+  verdict: BreakerVerdict;
+}
+
+/**
+ * Applies `verdicts` (in order) to `before` with the domain rules (time rule first, as the SQLite store
+ * does). Returns the final record and, per verdict that changed the record, the record after it.
+ */
+function foldVerdicts(
+  before: BreakerRecord,
+  verdicts: readonly PendingVerdict[],
+  rules: BreakerRules,
+): { after: BreakerRecord; changes: Map<number, BreakerRecord>; lastChangeMs: number } {
+  let record = before;
+  const changes = new Map<number, BreakerRecord>();
+  let lastChangeMs = 0;
+  for (const v of verdicts) {
+    const next = applyVerdict(advanceBreaker(record, v.nowMs, rules), v.verdict, v.taskId, v.nowMs, rules);
+    if (breakerChanged(record, next)) {
+      changes.set(v.index, next);
+      lastChangeMs = v.nowMs;
+    }
+    record = next;
+  }
+  return { after: record, changes, lastChangeMs };
+}
+
+/**
+ * Applies one type's verdicts of a settle batch to its shared breaker. A batch whose verdicts would
+ * change nothing (the happy path: successes on a closed breaker with no failures, or no row at all)
+ * reads the row without locking and writes nothing; otherwise the row is locked (inserted on a first
+ * failure), the verdicts are applied to its latest version and the result is written once. Returns
+ * the record after each verdict that changed it, by request index.
+ */
+async function applyBreakerVerdicts(
+  tx: Db,
+  taskType: string,
+  verdicts: readonly PendingVerdict[],
+  rules: BreakerRules,
+): Promise<Map<number, BreakerRecord>> {
+  const unlocked = await q.breakerOf(tx, taskType);
+  const guess = foldVerdicts(unlocked ? toBreaker(unlocked) : closedBreaker(taskType), verdicts, rules);
+  if (guess.changes.size === 0) return guess.changes;
+  for (;;) {
+    const row = await q.breakerOf(tx, taskType, true);
+    const before = row ? toBreaker(row) : closedBreaker(taskType);
+    const { after, changes, lastChangeMs } = foldVerdicts(before, verdicts, rules);
+    if (!breakerChanged(before, after)) return changes;
+    if (row) {
+      await q.updateBreaker(tx, toBreakerWrite(after), lastChangeMs);
+      return changes;
+    }
+    // No row yet: insert it, unless another transaction just did (then lock that one and decide again).
+    if (await q.insertBreaker(tx, toBreakerWrite(after), lastChangeMs)) return changes;
+  }
 }
 
 function encodeCursor(seq: number): string {
@@ -459,6 +585,8 @@ export class PostgresStore implements Store {
         agentIds,
         tokens,
         maxScan: Math.max(LEASE_SCAN_MIN, request.limit * 10),
+        breakerTimeoutMs: request.breakerRules.timeoutMs,
+        typeLimits: request.typeLimits ?? {},
       }),
     );
     return rows.map((r) => ({
@@ -470,9 +598,22 @@ export class PostgresStore implements Store {
     }));
   }
 
-  /** Extends every lease `owner` holds; returns its running tasks whose cancel was requested. */
-  async heartbeat(owner: string, nowMs: number, leaseMs: number): Promise<{ cancelRequested: string[] }> {
-    const rows = await this.run('statement', (db) => q.extendLeases(db, owner, nowMs + leaseMs));
+  /**
+   * Extends every lease `owner` holds; returns its running tasks whose cancel was requested. With
+   * `instance`, the instance row of `owner` is written in the same statement (`heartbeat_at = nowMs`).
+   */
+  async heartbeat(
+    owner: string,
+    nowMs: number,
+    leaseMs: number,
+    instance?: InstanceBeat,
+  ): Promise<{ cancelRequested: string[] }> {
+    const expiresMs = nowMs + leaseMs;
+    const rows = await this.run('statement', (db) =>
+      instance === undefined
+        ? q.extendLeases(db, owner, expiresMs)
+        : q.extendLeasesAndBeat(db, owner, expiresMs, nowMs, instance),
+    );
     const cancelRequested = rows
       .filter((r) => r.cancel_requested)
       .sort((a, b) => a.seq - b.seq)
@@ -480,13 +621,51 @@ export class PostgresStore implements Store {
     return { cancelRequested };
   }
 
-  /** Settles attempts in one transaction, each fenced by its lease token (see Store.settleBatch). */
+  /** Processes whose last heartbeat is at or after `aliveSinceMs`, oldest first (then by id). */
+  async listInstances(aliveSinceMs: number): Promise<InstanceView[]> {
+    const rows = await this.run('read', (db) => q.liveInstances(db, aliveSinceMs));
+    return rows.map(toInstanceView);
+  }
+
+  /** Forgets a process (it stopped cleanly). */
+  async removeInstance(owner: string): Promise<void> {
+    await this.run('statement', (db) => q.deleteInstance(db, owner));
+  }
+
+  /** Every type's breaker as of `nowMs`, by task type; read-only (an open one past its timeout reads half-open). */
+  async listBreakers(nowMs: number, rules: BreakerRules): Promise<BreakerRecord[]> {
+    const rows = await this.run('read', (db) => q.allBreakers(db));
+    return rows.map((row) => advanceBreaker(toBreaker(row), nowMs, rules));
+  }
+
+  /**
+   * Settles attempts in one transaction, each fenced by its lease token (see Store.settleBatch). The
+   * breaker verdicts of the settled attempts are applied after all the tasks, one type at a time in
+   * the order leases lock breaker rows, so a batch and a lease never wait on each other in a cycle.
+   */
   async settleBatch(requests: readonly SettleRequest[], rules: HealthRules): Promise<SettleResult[]> {
     if (requests.length === 0) return [];
+    const breakerRules = rules.breakerRules ?? SPEC_BREAKER_RULES;
     return this.run('tx', async (tx) => {
       const stats = new StatsBatch();
       const results: SettleResult[] = [];
-      for (const request of requests) results.push(await this.settleOne(tx, stats, request, rules));
+      const verdicts = new Map<string, PendingVerdict[]>();
+      for (const [index, request] of requests.entries()) {
+        const { result, taskType } = await this.settleOne(tx, stats, request, rules);
+        results.push(result);
+        if (result.ok && taskType !== null && request.breaker !== undefined) {
+          const list = verdicts.get(taskType) ?? [];
+          list.push({ index, taskId: request.taskId, nowMs: request.nowMs, verdict: request.breaker });
+          verdicts.set(taskType, list);
+        }
+      }
+      for (const taskType of [...verdicts.keys()].sort(compareBytes)) {
+        const changes = await applyBreakerVerdicts(tx, taskType, verdicts.get(taskType) ?? [], breakerRules);
+        for (const [index, record] of changes) {
+          const result = results[index];
+          if (result) result.breaker = record;
+        }
+      }
       await stats.flush(tx);
       if (results.some((r) => r.ok)) await q.notify(tx, this.channel, this.instanceId);
       return results;
@@ -498,9 +677,9 @@ export class PostgresStore implements Store {
     stats: StatsBatch,
     request: SettleRequest,
     rules: HealthRules,
-  ): Promise<SettleResult> {
+  ): Promise<{ result: SettleResult; taskType: string | null }> {
     const task = await q.lockTaskForSettle(tx, request.taskId, request.token);
-    if (!task) return { ok: false, agentBecameUnhealthy: false };
+    if (!task) return { result: { ok: false, agentBecameUnhealthy: false }, taskType: null };
     const now = request.nowMs;
     const attempt = await q.runningAttempt(tx, task.id);
     const executionMs = Math.max(0, now - (attempt?.started_at ?? task.started_at ?? now));
@@ -573,12 +752,16 @@ export class PostgresStore implements Store {
     }
     await q.writeTask(tx, task);
     if (attempt) await q.finishAttempt(tx, attempt.id, now, outcome, attemptError, countedMs);
-    if (task.agent_id === null) return { ok: true, agentBecameUnhealthy: false };
+    const taskType = task.task_type;
+    if (task.agent_id === null) return { result: { ok: true, agentBecameUnhealthy: false }, taskType };
     const agent = await q.lockAgent(tx, task.agent_id);
-    if (!agent) return { ok: true, agentBecameUnhealthy: false };
+    if (!agent) return { result: { ok: true, agentBecameUnhealthy: false }, taskType };
     const becameUnhealthy = applyAgentResult(agent, task.id, agentResult, now, rules);
     await q.writeAgent(tx, agent);
-    return { ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy };
+    return {
+      result: { ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy },
+      taskType,
+    };
   }
 
   /** Saves an executor's checkpoint, fenced by the token. */
@@ -636,6 +819,12 @@ export class PostgresStore implements Store {
           status,
         });
       }
+      // A lost probe frees its breaker's probe slot, so another process can probe.
+      await q.freeProbes(
+        tx,
+        reclaimed.map((r) => r.taskId),
+        nowMs,
+      );
       await stats.flush(tx);
       if (reclaimed.some((r) => r.status === 'queued')) await q.notify(tx, this.channel, this.instanceId);
       return reclaimed;

@@ -47,7 +47,7 @@ describe("the spec's load-testing loop", () => {
     expect(ids.every((id) => succeeded.has(id))).toBe(true);
 
     const queue = await request<Record<string, unknown>>(server, 'GET', '/api/v1/agents/queue/status');
-    // Exactly the spec's fields, plus the documented per-type breaker states.
+    // Exactly the spec's fields, plus the documented extras: per-type breaker states and live instances.
     expect(Object.keys(queue.body).sort()).toEqual(
       [
         'queue_size',
@@ -56,6 +56,7 @@ describe("the spec's load-testing loop", () => {
         'max_concurrent',
         'circuit_breaker_open',
         'circuit_breakers',
+        'instances',
       ].sort(),
     );
     expect(queue.body).toMatchObject({

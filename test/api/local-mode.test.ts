@@ -34,7 +34,7 @@ describe('local mode (no keys configured)', () => {
   });
 
   it('reports /readyz 503 not_running for a manager that has not started (via inject)', async () => {
-    const idle = { state: 'created' } as unknown as Fleet;
+    const idle = { state: 'created', subscribe: () => () => {} } as unknown as Fleet;
     const app = buildApp(idle, {
       apiKeys: {},
       adminKeys: [],

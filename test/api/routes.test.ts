@@ -271,6 +271,7 @@ describe('HTTP routes', () => {
         'circuit_breaker_open',
         'circuit_breakers',
         'concurrent_tasks',
+        'instances',
         'max_concurrent',
         'queue_capacity',
         'queue_size',

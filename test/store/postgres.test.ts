@@ -3,7 +3,13 @@ import { StoreUnavailableError } from '../../src/domain/errors.js';
 import { priorityKey } from '../../src/domain/priority.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { POSTGRES_MIGRATIONS } from '../../src/store/postgres-migrations.js';
-import type { LeasedTask, LeaseRequest, NewTask, Store } from '../../src/store/store.js';
+import {
+  type LeasedTask,
+  type LeaseRequest,
+  type NewTask,
+  SPEC_BREAKER_RULES,
+  type Store,
+} from '../../src/store/store.js';
 import { dropSchema, freshSchemaName, usePostgresUrl, withAdminSql } from '../support/postgres.js';
 import { waitFor } from '../support/wait.js';
 import { describeStoreConformance } from './conformance.js';
@@ -55,6 +61,7 @@ function leaseRequest(owner: string, limit: number, newAgentId: () => string): L
     leaseMs: 30_000,
     excludeTypes: [],
     typeCaps: {},
+    breakerRules: SPEC_BREAKER_RULES,
     maxAgentsPerUser: 100,
     newAgentId,
   };

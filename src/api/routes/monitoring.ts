@@ -1,9 +1,10 @@
-import { evaluateAlerts } from '../alerts.js';
-import type { AgentfleetApp } from '../app.js';
+import { AgentfleetError } from '../../domain/errors.js';
+import type { AgentfleetApp, AlertReader } from '../app.js';
 import type { Fleet } from '../fleet.js';
 import {
   AlertsSchema,
   COMMON_ERRORS,
+  ErrorSchema,
   HealthStatusSchema,
   MetricsSchema,
   NoQuery,
@@ -11,7 +12,7 @@ import {
 } from '../schemas.js';
 
 /** The spec's status endpoints: queue status, health, metrics, and the alerts built on them. */
-export function registerMonitoringRoutes(app: AgentfleetApp, fleet: Fleet): void {
+export function registerMonitoringRoutes(app: AgentfleetApp, fleet: Fleet, alerts?: AlertReader): void {
   app.get(
     '/api/v1/agents/queue/status',
     {
@@ -55,18 +56,23 @@ export function registerMonitoringRoutes(app: AgentfleetApp, fleet: Fleet): void
     '/api/v1/agents/alerts',
     {
       schema: {
-        summary: "Active alerts from the spec's four rules",
+        summary: "Alerts from the spec's four rules: the active ones and the recently resolved ones",
+        description:
+          'Alerts are fleet-wide and shown to every user (their messages carry only aggregate numbers). ' +
+          'The rules are evaluated on this request as well as periodically, so the answer is current.',
         tags: ['monitoring'],
         querystring: NoQuery,
-        response: { 200: AlertsSchema, ...COMMON_ERRORS },
+        response: { 200: AlertsSchema, 503: ErrorSchema, ...COMMON_ERRORS },
       },
     },
-    async (request) => {
-      const [metrics, agents] = await Promise.all([
-        fleet.metrics(request.caller),
-        fleet.listAgents({}, request.caller),
-      ]);
-      return { alerts: evaluateAlerts(metrics, agents), checked_at: new Date().toISOString() };
+    async () => {
+      if (!alerts) throw new AgentfleetError('not_running', 'no alert monitor runs in this app', true);
+      const snapshot = await alerts.evaluate();
+      return {
+        alerts: snapshot.active,
+        recent: snapshot.recent,
+        checked_at: snapshot.checked_at ?? new Date().toISOString(),
+      };
     },
   );
 }

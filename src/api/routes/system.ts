@@ -1,46 +1,19 @@
 import { Type } from '@sinclair/typebox';
 import { AgentfleetError } from '../../domain/errors.js';
 import type { AgentfleetApp } from '../app.js';
-import type { Fleet, MetricsView } from '../fleet.js';
+import { ForbiddenError } from '../errors.js';
+import type { Fleet } from '../fleet.js';
+import type { FleetMetricsExporter } from '../metrics.js';
 import { type OpenApiCollector, renderDocsPage } from '../openapi.js';
 import { ErrorSchema, NoQuery } from '../schemas.js';
 
-/** Prometheus text for the headline numbers. A placeholder until prom-client histograms are wired in. */
-function renderPrometheus(m: MetricsView): string {
-  const gauge = (name: string, help: string, value: number, labels = ''): string =>
-    `# HELP ${name} ${help}\n# TYPE ${name} gauge\n${name}${labels} ${value}\n`;
-  let text = '';
-  text += gauge('agentfleet_queue_size', 'Tasks in status queued.', m.queue_status.queue_size);
-  text += gauge('agentfleet_queue_capacity', 'Most queued tasks accepted.', m.queue_status.queue_capacity);
-  text += gauge(
-    'agentfleet_concurrent_tasks',
-    'Tasks executing in this process.',
-    m.queue_status.concurrent_tasks,
-  );
-  text += gauge(
-    'agentfleet_max_concurrent',
-    'Execution slots of this process.',
-    m.queue_status.max_concurrent,
-  );
-  text += gauge(
-    'agentfleet_tasks_executed',
-    'Tasks that finished (succeeded or failed).',
-    m.total_tasks_executed,
-  );
-  text += gauge('agentfleet_tasks_succeeded', 'Tasks that succeeded.', m.successful_tasks);
-  text += gauge('agentfleet_tasks_failed', 'Tasks that failed after their retries.', m.failed_tasks);
-  text += gauge('agentfleet_success_rate', 'Succeeded / executed.', m.success_rate);
-  text += gauge('agentfleet_unhealthy_agents', 'Agents marked unhealthy.', m.health_status.unhealthy_agents);
-  text += '# HELP agentfleet_circuit_breaker_open 1 when the breaker of a task type is open.\n';
-  text += '# TYPE agentfleet_circuit_breaker_open gauge\n';
-  for (const [type, state] of Object.entries(m.circuit_breakers)) {
-    text += `agentfleet_circuit_breaker_open{task_type=${JSON.stringify(type)}} ${state === 'open' ? 1 : 0}\n`;
-  }
-  return text;
-}
-
 /** Probes, Prometheus text and documentation. */
-export function registerSystemRoutes(app: AgentfleetApp, fleet: Fleet, openapi: OpenApiCollector): void {
+export function registerSystemRoutes(
+  app: AgentfleetApp,
+  fleet: Fleet,
+  openapi: OpenApiCollector,
+  metrics: FleetMetricsExporter,
+): void {
   app.get(
     '/healthz',
     {
@@ -77,14 +50,25 @@ export function registerSystemRoutes(app: AgentfleetApp, fleet: Fleet, openapi: 
     '/metrics',
     {
       schema: {
-        summary: 'Prometheus text exposition of the headline metrics',
+        summary: 'Prometheus text exposition (admin keys, or local mode)',
+        description:
+          'Queue, slots, tasks by status, per-type counters, execution and queue-wait histograms, oldest ' +
+          'waiting age per priority, breaker states, agents by status, alert states and process metrics.',
         tags: ['system'],
         querystring: NoQuery,
-        response: { 200: { type: 'string', description: 'text/plain; version=0.0.4' } },
+        response: {
+          200: { type: 'string', description: 'text/plain; version=0.0.4' },
+          401: ErrorSchema,
+          403: ErrorSchema,
+        },
       },
     },
-    async (request, reply) =>
-      reply.type('text/plain; version=0.0.4').send(renderPrometheus(await fleet.metrics(request.caller))),
+    async (request, reply) => {
+      // Fleet-wide numbers: only for operators (local mode's caller is an admin).
+      if (!request.caller.admin) throw new ForbiddenError('/metrics needs an admin key');
+      const text = await metrics.render();
+      return reply.type(metrics.contentType).header('cache-control', 'no-store').send(text);
+    },
   );
 
   app.get('/docs/json', { schema: { hide: true } }, async () => openapi.document());

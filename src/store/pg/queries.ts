@@ -5,8 +5,9 @@
  */
 import type postgres from 'postgres';
 import type { AgentStatus } from '../../domain/agent.js';
+import type { BreakerState } from '../../domain/breaker.js';
 import type { AttemptView, Priority, TaskStatus } from '../../domain/task.js';
-import type { NewAgent, NewTask, StoredEvent } from '../store.js';
+import type { InstanceBeat, NewAgent, NewTask, StoredEvent } from '../store.js';
 
 /** The pool or a transaction, with `bigint` columns parsed to numbers (epoch ms fit in 2^53). */
 export type Db = postgres.ISql<{ bigint: number }>;
@@ -105,7 +106,37 @@ export interface EventRow {
   data_json: string;
 }
 
-/** One row `agentfleet_lease` returns: the leased task and its agent as JSON rows. */
+/** A row of `breakers` (migration 2). */
+export interface BreakerRow {
+  task_type: string;
+  state: BreakerState;
+  failures: number;
+  opened_at: number | null;
+  probe_task_id: string | null;
+  updated_at: number;
+}
+
+/** A row of `instances` (migration 2). */
+export interface InstanceRow {
+  id: string;
+  host: string;
+  pid: number;
+  started_at: number;
+  heartbeat_at: number;
+  slots_in_use: number;
+  max_slots: number;
+}
+
+/** The fields of a breaker the store writes (`updated_at` is the time of the write). */
+export interface BreakerWrite {
+  task_type: string;
+  state: BreakerState;
+  failures: number;
+  opened_at: number | null;
+  probe_task_id: string | null;
+}
+
+/** One row `agentfleet_lease_v2` returns: the leased task and its agent as JSON rows. */
 export interface LeaseRow {
   o_task: TaskRow;
   o_agent: AgentRow;
@@ -202,28 +233,44 @@ export async function notify(db: Db, channel: string, payload: string): Promise<
 
 // ---- leasing, heartbeat, fencing ----------------------------------------------------------------
 
-/** Parameters of `leaseTasks` (see the `agentfleet_lease` function in migration 1). */
+/** Parameters of `leaseTasks` (see the `agentfleet_lease_v2` function in migration 2). */
 export interface LeaseParams {
+  /** Instance id recorded on the leased tasks and attempts. */
   owner: string;
+  /** Most tasks to lease. */
   limit: number;
+  /** Epoch ms: eligibility (`run_at`), agent and attempt times, the breakers' time rule. */
   nowMs: number;
+  /** Lease expiry (epoch ms) written to each leased task. */
   expiresMs: number;
+  /** Types not to lease in this call (the engine's local exclusions). */
   excludeTypes: readonly string[];
+  /** {type: n}: at most n tasks of that type in this call (local caps). */
   typeCaps: Readonly<Record<string, number>>;
+  /** The user's limit of agents that are not retired. */
   maxAgentsPerUser: number;
   /** Ids for agents created by this call, used in order. */
   agentIds: readonly string[];
   /** One fencing token per leased task, used in order. */
   tokens: readonly string[];
+  /** Most queued rows looked at. */
   maxScan: number;
+  /** ms an open breaker waits before half-opening (`BreakerRules.timeoutMs`). */
+  breakerTimeoutMs: number;
+  /** {type: n}: at most n tasks of that type running cluster-wide (`type_concurrency`). */
+  typeLimits: Readonly<Record<string, number>>;
 }
 
-/** Leases tasks with the agent policy in one round trip (plpgsql `agentfleet_lease`). */
+/**
+ * Leases tasks in one round trip (plpgsql `agentfleet_lease_v2`): shared breakers, cluster-wide type
+ * limits and the agent policy, in one transaction.
+ */
 export async function leaseTasks(db: Db, p: LeaseParams): Promise<LeaseRow[]> {
-  return db<LeaseRow[]>`SELECT * FROM agentfleet_lease(${p.owner}, ${p.limit}, ${p.nowMs}, ${p.expiresMs},
+  return db<LeaseRow[]>`SELECT * FROM agentfleet_lease_v2(${p.owner}, ${p.limit}, ${p.nowMs}, ${p.expiresMs},
     ${[...p.excludeTypes]}::text[], ${JSON.stringify(p.typeCaps)}::text::jsonb, ${p.maxAgentsPerUser},
     ${[...p.agentIds]}::text[], ${[...p.tokens]}::text[], ${p.maxScan},
-    hashtext(current_schema() || ':agents'))`;
+    hashtext(current_schema() || ':agents'), ${p.breakerTimeoutMs},
+    ${JSON.stringify(p.typeLimits)}::text::jsonb, hashtext(current_schema() || ':type-limits'))`;
 }
 
 /**
@@ -239,6 +286,39 @@ export async function extendLeases(
     SET lease_expires_at = ${expiresMs} WHERE status = 'running' AND lease_owner = ${owner}
     RETURNING id, seq, cancel_requested`;
   return [...rows];
+}
+
+/**
+ * `extendLeases` plus, in the same statement, the instance row of `owner` written with `beat` and
+ * `heartbeat_at = nowMs` (inserted on its first heartbeat).
+ */
+export async function extendLeasesAndBeat(
+  db: Db,
+  owner: string,
+  expiresMs: number,
+  nowMs: number,
+  beat: InstanceBeat,
+): Promise<{ id: string; seq: number; cancel_requested: boolean }[]> {
+  const rows = await db<{ id: string; seq: number; cancel_requested: boolean }[]>`WITH beat AS (
+      INSERT INTO instances (id, host, pid, started_at, heartbeat_at, slots_in_use, max_slots)
+      VALUES (${owner}, ${beat.host}, ${beat.pid}, ${beat.startedAtMs}, ${nowMs}, ${beat.slotsInUse}, ${beat.maxSlots})
+      ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
+        heartbeat_at = excluded.heartbeat_at, slots_in_use = excluded.slots_in_use, max_slots = excluded.max_slots)
+    UPDATE tasks SET lease_expires_at = ${expiresMs} WHERE status = 'running' AND lease_owner = ${owner}
+    RETURNING id, seq, cancel_requested`;
+  return [...rows];
+}
+
+/** Instances whose last heartbeat is at or after `sinceMs`, by start time, then id. */
+export async function liveInstances(db: Db, sinceMs: number): Promise<InstanceRow[]> {
+  const rows = await db<InstanceRow[]>`SELECT * FROM instances WHERE heartbeat_at >= ${sinceMs}
+    ORDER BY started_at, id COLLATE "C"`;
+  return [...rows];
+}
+
+/** Deletes the instance row `id` (if any). */
+export async function deleteInstance(db: Db, id: string): Promise<void> {
+  await db`DELETE FROM instances WHERE id = ${id}`;
 }
 
 /** The running task `id` if `token` is its current lease token, locked for update. */
@@ -318,6 +398,55 @@ export async function saveCheckpoint(
   const result = await db`UPDATE tasks SET checkpoint_json = ${stateJson}, checkpoint_at = ${nowMs}
     WHERE id = ${id} AND status = 'running' AND lease_token = ${token}`;
   return result.count > 0;
+}
+
+// ---- breakers -----------------------------------------------------------------------------------
+
+/** Every breaker row, by task type (binary order, as SQLite sorts). */
+export async function allBreakers(db: Db): Promise<BreakerRow[]> {
+  const rows = await db<BreakerRow[]>`SELECT * FROM breakers ORDER BY task_type COLLATE "C"`;
+  return [...rows];
+}
+
+/** The breaker row of `taskType`, or undefined; with `forUpdate`, locked (waits for other writers). */
+export async function breakerOf(
+  db: Db,
+  taskType: string,
+  forUpdate = false,
+): Promise<BreakerRow | undefined> {
+  const [row] = forUpdate
+    ? await db<BreakerRow[]>`SELECT * FROM breakers WHERE task_type = ${taskType} FOR UPDATE`
+    : await db<BreakerRow[]>`SELECT * FROM breakers WHERE task_type = ${taskType}`;
+  return row;
+}
+
+/**
+ * Inserts breaker `b` written at `nowMs` unless its type has a row (another transaction may have just
+ * inserted it). Returns false when the row existed: lock it with `breakerOf` and decide again.
+ */
+export async function insertBreaker(db: Db, b: BreakerWrite, nowMs: number): Promise<boolean> {
+  const result =
+    await db`INSERT INTO breakers (task_type, state, failures, opened_at, probe_task_id, updated_at)
+    VALUES (${b.task_type}, ${b.state}, ${b.failures}, ${b.opened_at}, ${b.probe_task_id}, ${nowMs})
+    ON CONFLICT (task_type) DO NOTHING`;
+  return result.count > 0;
+}
+
+/** Overwrites the breaker row of `b.task_type` with `b`, written at `nowMs`. The row must be locked. */
+export async function updateBreaker(db: Db, b: BreakerWrite, nowMs: number): Promise<void> {
+  await db`UPDATE breakers SET state = ${b.state}, failures = ${b.failures}, opened_at = ${b.opened_at},
+    probe_task_id = ${b.probe_task_id}, updated_at = ${nowMs} WHERE task_type = ${b.task_type}`;
+}
+
+/**
+ * Frees the probe slot of every breaker whose probe is one of `taskIds` (written at `nowMs`); rows are
+ * locked in task-type order, the order settles lock them in.
+ */
+export async function freeProbes(db: Db, taskIds: readonly string[], nowMs: number): Promise<void> {
+  if (taskIds.length === 0) return;
+  await db`UPDATE breakers SET probe_task_id = NULL, updated_at = ${nowMs}
+    WHERE task_type IN (SELECT task_type FROM breakers WHERE probe_task_id = ANY (${[...taskIds]}::text[])
+      ORDER BY task_type COLLATE "C" FOR UPDATE)`;
 }
 
 // ---- recovery -----------------------------------------------------------------------------------
