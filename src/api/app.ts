@@ -6,15 +6,9 @@
 
 import type { IncomingMessage } from 'node:http';
 import { type TypeBoxTypeProvider, TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox';
-import Fastify, {
-  type FastifyBaseLogger,
-  type FastifyInstance,
-  type RawReplyDefaultExpression,
-  type RawRequestDefaultExpression,
-  type RawServerDefault,
-} from 'fastify';
-import type { AlertMonitor } from '../engine/alerts.js';
+import Fastify, { type FastifyBaseLogger } from 'fastify';
 import type { ApiOptions } from './api-options.js';
+import type { AgentfleetApp, AlertReader } from './app-types.js';
 import { createAuthenticator } from './auth.js';
 import { createErrorHandler, toHttpError } from './errors.js';
 import type { Caller, Fleet } from './fleet.js';
@@ -32,29 +26,7 @@ import { registerMonitoringRoutes } from './routes/monitoring.js';
 import { registerSystemRoutes } from './routes/system.js';
 import { registerTaskRoutes } from './routes/tasks.js';
 
-/** The Fastify instance type the routes are written against (TypeBox type provider). */
-export type AgentfleetApp = FastifyInstance<
-  RawServerDefault,
-  RawRequestDefaultExpression,
-  RawReplyDefaultExpression,
-  FastifyBaseLogger,
-  TypeBoxTypeProvider
->;
-
-declare module 'fastify' {
-  /** Documentation fields read by the OpenAPI collector. */
-  interface FastifySchema {
-    summary?: string;
-    description?: string;
-    tags?: string[];
-    /** Leave the route out of the OpenAPI document. */
-    hide?: boolean;
-  }
-  interface FastifyRequest {
-    /** The authenticated caller; set by the auth hook on every /api and /metrics request. */
-    caller: Caller;
-  }
-}
+export type { AgentfleetApp, AlertReader } from './app-types.js';
 
 /** Paths that need no key: probes, documentation and the dashboard's static files. */
 function isPublic(url: string): boolean {
@@ -66,9 +38,6 @@ function isPublic(url: string): boolean {
     isDashboardPath(url)
   );
 }
-
-/** The alert state the API shows; the AlertMonitor provides it. */
-export type AlertReader = Pick<AlertMonitor, 'evaluate' | 'snapshot' | 'firing'>;
 
 /** Parts of the app besides the manager, all optional. */
 export interface AppExtras {

@@ -1,4 +1,4 @@
-import type { AgentfleetApp } from '../app.js';
+import type { AgentfleetApp } from '../app-types.js';
 import type { Fleet } from '../fleet.js';
 import {
   AgentListQuery,

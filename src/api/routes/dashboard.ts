@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import type { AgentfleetApp } from '../app.js';
+import type { AgentfleetApp } from '../app-types.js';
 
 /**
  * The dashboard's files: a fixed list, so no request path ever reaches the file system. They sit in

@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import type { FleetEvent } from '../../engine/events.js';
-import type { AgentfleetApp } from '../app.js';
+import type { AgentfleetApp } from '../app-types.js';
 import type { Caller, Fleet } from '../fleet.js';
 import { COMMON_ERRORS, NoQuery } from '../schemas.js';
 

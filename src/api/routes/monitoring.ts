@@ -1,5 +1,5 @@
 import { AgentfleetError } from '../../domain/errors.js';
-import type { AgentfleetApp, AlertReader } from '../app.js';
+import type { AgentfleetApp, AlertReader } from '../app-types.js';
 import type { Fleet } from '../fleet.js';
 import {
   AlertsSchema,

@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import { AgentfleetError } from '../../domain/errors.js';
-import type { AgentfleetApp } from '../app.js';
+import type { AgentfleetApp } from '../app-types.js';
 import { ForbiddenError } from '../errors.js';
 import type { Fleet } from '../fleet.js';
 import type { FleetMetricsExporter } from '../metrics.js';

@@ -1,7 +1,7 @@
 import { ValidationError } from '../../domain/errors.js';
 import type { TaskInput } from '../../domain/task.js';
 import type { ApiOptions } from '../api-options.js';
-import type { AgentfleetApp } from '../app.js';
+import type { AgentfleetApp } from '../app-types.js';
 import type { Fleet } from '../fleet.js';
 import {
   COMMON_ERRORS,
