@@ -10,6 +10,7 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom
 import { AGENT_STATUSES } from '../domain/agent.js';
 import { PRIORITIES, type Priority, TASK_STATUSES } from '../domain/task.js';
 import type { AlertName } from '../engine/alerts.js';
+import { tokenUsageOf } from '../executors/executor.js';
 import type { FleetEvent } from '../engine/events.js';
 import type { Caller, Fleet } from './fleet.js';
 
@@ -146,6 +147,12 @@ export class FleetMetricsExporter {
         'Failed attempts put back in the queue for a retry.',
       ),
       cancelled: counter('agentfleet_tasks_cancelled_total', 'Tasks cancelled by their owner.'),
+      tokens: new Counter({
+        name: 'agentfleet_llm_tokens_total',
+        help: 'Model tokens used by tasks that succeeded (every attempt of the task), by kind: prompt or completion.',
+        labelNames: ['task_type', 'kind'],
+        registers: [this.registry],
+      }),
     };
   }
 
@@ -189,6 +196,7 @@ export class FleetMetricsExporter {
         return;
       case 'task.succeeded':
         this.c.succeeded.inc({ task_type: type });
+        this.countTokens(type, event.data?.usage);
         this.finished(event, type, atMs, true);
         return;
       case 'task.failed':
@@ -209,6 +217,13 @@ export class FleetMetricsExporter {
       default:
         return;
     }
+  }
+
+  private countTokens(type: string, usage: unknown): void {
+    const counts = tokenUsageOf({ usage });
+    if (!counts) return;
+    this.c.tokens.inc({ task_type: type, kind: 'prompt' }, counts.prompt_tokens);
+    this.c.tokens.inc({ task_type: type, kind: 'completion' }, counts.completion_tokens);
   }
 
   private remember(id: string, info: TaskInfo): TaskInfo {

@@ -11,7 +11,7 @@ import {
   TaskTimeoutError,
 } from '../domain/errors.js';
 import { newId } from '../domain/ids.js';
-import type { Executor } from '../executors/executor.js';
+import { type Executor, type TokenUsage, tokenUsageOf } from '../executors/executor.js';
 import type { LeasedTask, Settlement, SettleRequest, SettleResult, Store } from '../store/store.js';
 import type { BackpressureManager } from './backpressure.js';
 import { Batcher } from './batcher.js';
@@ -274,6 +274,7 @@ export class QueueProcessor {
     const timeoutMs = task.timeout_ms ?? binding?.timeoutMs ?? options.defaultTimeoutMs;
     const timer = clock.setTimer(timeoutMs, () => controller.abort(new TaskTimeoutError(timeoutMs)));
     let settlement: Settlement;
+    let usage: TokenUsage | undefined;
     try {
       if (!binding) throw new TaskFailedError(`no executor is configured for task type ${task.task_type}`);
       const result = await runAbortable(
@@ -299,6 +300,7 @@ export class QueueProcessor {
         kind: 'succeeded',
         resultJson: result === undefined ? null : checkpoints.serialize('result', result),
       };
+      usage = tokenUsageOf(result);
     } catch (thrown) {
       const error = controller.signal.aborted ? (controller.signal.reason as unknown) : thrown;
       settlement = this.classify(leased, error);
@@ -314,7 +316,7 @@ export class QueueProcessor {
         breaker: verdictOf(settlement),
       });
       if (result.breaker) this.deps.breakers.update(result.breaker);
-      this.report(leased, settlement, result);
+      this.report(leased, settlement, result, usage);
     } catch (error) {
       // The store is unreachable: the lease will run out and the recovery monitor takes the task back.
       logger.error({ err: error, task_id: task.id }, 'could not settle an attempt; its lease will expire');
@@ -356,7 +358,12 @@ export class QueueProcessor {
     return { kind: 'failed', error: message, agentFault };
   }
 
-  private report(leased: LeasedTask, settlement: Settlement, result: SettleResult): void {
+  private report(
+    leased: LeasedTask,
+    settlement: Settlement,
+    result: SettleResult,
+    usage: TokenUsage | undefined,
+  ): void {
     const { events, options } = this.deps;
     const { task, agent } = leased;
     const at = new Date(options.clock.now()).toISOString();
@@ -370,6 +377,7 @@ export class QueueProcessor {
     const data: Record<string, unknown> = { attempt: task.attempts };
     if (settlement.kind === 'retry') data.run_at = new Date(settlement.runAtMs).toISOString();
     if (settlement.kind === 'retry' || settlement.kind === 'failed') data.error = settlement.error;
+    if (usage) data.usage = usage;
     events.emit({
       type: SETTLE_EVENT[settlement.kind],
       at,

@@ -29,3 +29,25 @@ export type TaskHandler = (task: TaskView, ctx: ExecutionContext) => Promise<unk
 export function handlerExecutor(handler: TaskHandler): Executor {
   return { run: (task, ctx) => handler(task, ctx) };
 }
+
+/** Tokens a model call used, as OpenAI-compatible servers report them. */
+export interface TokenUsage {
+  readonly prompt_tokens: number;
+  readonly completion_tokens: number;
+  readonly total_tokens: number;
+}
+
+/**
+ * The token usage a result reports (`{usage: {prompt_tokens, completion_tokens}}`, as the `llm`
+ * executor's results do), or undefined. Counted into metrics per task type when the task succeeds.
+ */
+export function tokenUsageOf(result: unknown): TokenUsage | undefined {
+  if (typeof result !== 'object' || result === null || !('usage' in result)) return undefined;
+  const usage = (result as { usage: unknown }).usage;
+  if (typeof usage !== 'object' || usage === null) return undefined;
+  const { prompt_tokens: prompt, completion_tokens: completion } = usage as Record<string, unknown>;
+  if (typeof prompt !== 'number' || typeof completion !== 'number') return undefined;
+  if (!Number.isFinite(prompt) || !Number.isFinite(completion) || prompt < 0 || completion < 0)
+    return undefined;
+  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+}

@@ -2,17 +2,12 @@ import type { Clock } from '../domain/clock.js';
 import { TaskFailedError, ValidationError } from '../domain/errors.js';
 import type { TaskView } from '../domain/task.js';
 import { attemptSignal } from './attempt-signal.js';
-import type { ExecutionContext, Executor } from './executor.js';
+import type { ExecutionContext, Executor, TokenUsage } from './executor.js';
 import { bodyFailure, describeUrl, postJson, redact } from './http-post.js';
 import { type LineLimits, readLines } from './lines.js';
 import { DEFAULT_LINE_LIMITS } from './ndjson.js';
 
-/** Token counts as OpenAI reports them. */
-export interface TokenUsage {
-  readonly prompt_tokens: number;
-  readonly completion_tokens: number;
-  readonly total_tokens: number;
-}
+export type { TokenUsage } from './executor.js';
 
 /** What an `llm` task resolves to. `usage` sums every attempt, including ones cut off mid-stream. */
 export interface LlmResult {

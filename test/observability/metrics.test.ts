@@ -130,6 +130,36 @@ describe('GET /metrics', () => {
     ).toBe(1);
   });
 
+  it('counts model tokens per type from results that report usage, as llm results do', async () => {
+    // The llm executor's result shape: usage summed over every attempt of the task.
+    server.fleet.manager.handle('Summarize', async (task) => ({
+      text: `summary of ${task.description}`,
+      usage: { prompt_tokens: 40, completion_tokens: 7, total_tokens: 47 },
+    }));
+    server.fleet.manager.handle('Plain', async () => ({ text: 'no usage here' }));
+    const ids = [
+      await submit({ task_type: 'Summarize', description: 'one' }),
+      await submit({ task_type: 'Summarize', description: 'two' }),
+      await submit({ task_type: 'Plain', description: 'three' }),
+    ];
+    await waitFor(
+      () => Promise.all(ids.map(statusOf)),
+      (s) => s.every((x) => x === 'succeeded'),
+      'the three tasks to succeed',
+    );
+    const m = await waitFor(
+      scrape,
+      (x) => sampleValue(x, 'agentfleet_llm_tokens_total', { task_type: 'Summarize', kind: 'prompt' }) === 80,
+      'the prompt tokens to be counted',
+    );
+    expect(
+      sampleValue(m, 'agentfleet_llm_tokens_total', { task_type: 'Summarize', kind: 'completion' }),
+    ).toBe(14);
+    expect(
+      sampleValue(m, 'agentfleet_llm_tokens_total', { task_type: 'Plain', kind: 'prompt' }),
+    ).toBeUndefined();
+  });
+
   it('shows the queue, the slots and the oldest waiting age while tasks wait', async () => {
     const running = await submit({ task_type: 'Gated', description: 'holds the only slot' });
     await waitFor(
