@@ -59,6 +59,10 @@ export interface AlertsConfig {
   webhook_timeout_ms: number;
 }
 
+/** Durability modes of the SQLite store (see `AgentfleetConfig.durability`). */
+export type Durability = 'full' | 'normal';
+const DURABILITIES: readonly Durability[] = ['full', 'normal'];
+
 /** Log levels pino knows. */
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -68,6 +72,12 @@ export interface AgentfleetConfig extends EngineNumbers {
   port: number;
   /** SQLite file path or `postgres://` URL. */
   database: string;
+  /**
+   * SQLite only. `full` (default): a submit is acknowledged after its commit is fsync'd, so it survives
+   * kill -9 and power loss. `normal`: acknowledged after the commit reaches the OS; it survives kill -9,
+   * but the last commits before a power loss may be lost.
+   */
+  durability: Durability;
   /** API key → user id. No keys (and no admin keys) = local mode, user `local`. */
   api_keys: Record<string, string>;
   /** Keys that see and manage every user's tasks and agents. */
@@ -145,6 +155,7 @@ const FILE_SCHEMA = Type.Partial(
       host: Type.String({ minLength: 1 }),
       port: numberSchema(SERVER_NUMBERS.port),
       database: Type.String({ minLength: 1 }),
+      durability: Type.Union(DURABILITIES.map((d) => Type.Literal(d))),
       body_limit_bytes: numberSchema(SERVER_NUMBERS.body_limit_bytes),
       log_level: Type.Union(LOG_LEVELS.map((l) => Type.Literal(l))),
       api_keys: Type.Record(Type.String(), Type.String({ minLength: 1, maxLength: 200 })),
@@ -171,6 +182,7 @@ function keyOf(prefix: string, path: string): string {
 const UNION_HINTS: Readonly<Record<string, string>> = {
   latency_ms: 'must be an integer >= 0 or [min, max]',
   log_level: `must be one of ${LOG_LEVELS.join(', ')}`,
+  durability: `must be one of ${DURABILITIES.join(', ')}`,
 };
 
 /** Throws a ValidationError naming the first key at fault. */
@@ -211,6 +223,7 @@ export function defaultConfig(): AgentfleetConfig {
     host: '127.0.0.1',
     port: SERVER_NUMBERS.port.default,
     database: './data/agentfleet.db',
+    durability: 'full',
     api_keys: {},
     admin_keys: [],
     body_limit_bytes: SERVER_NUMBERS.body_limit_bytes.default,
@@ -308,6 +321,7 @@ function parseEnv(env: Readonly<Record<string, string | undefined>>): Record<str
   if (env.AGENTFLEET_HOST) out.host = env.AGENTFLEET_HOST;
   if (env.AGENTFLEET_LOG_LEVEL) out.log_level = env.AGENTFLEET_LOG_LEVEL;
   if (env.DATABASE_URL) out.database = env.DATABASE_URL;
+  if (env.AGENTFLEET_DURABILITY) out.durability = env.AGENTFLEET_DURABILITY;
   // Keys from the environment, so secrets need not sit in the file: "key1:alice,key2:bob".
   if (env.AGENTFLEET_API_KEYS) {
     const keys: Record<string, string> = {};
@@ -360,6 +374,7 @@ export interface ServerOptions extends ApiOptions {
   host: string;
   port: number;
   database: string;
+  durability: Durability;
   logLevel: LogLevel;
 }
 
@@ -383,6 +398,7 @@ export function compileConfig(config: AgentfleetConfig): CompiledConfig {
       host: config.host,
       port: config.port,
       database: config.database,
+      durability: config.durability,
       apiKeys: config.api_keys,
       adminKeys: config.admin_keys,
       bodyLimitBytes: config.body_limit_bytes,

@@ -151,6 +151,13 @@ describe('config', () => {
     });
   });
 
+  it('takes durability full (the default) or normal, from the file or AGENTFLEET_DURABILITY', () => {
+    expect(defaultConfig().durability).toBe('full');
+    expect(compileConfig(parseConfig({ durability: 'normal' })).server.durability).toBe('normal');
+    expect(loadConfig({ env: { AGENTFLEET_DURABILITY: 'normal' } }).durability).toBe('normal');
+    expect(() => parseConfig({ durability: 'fast' })).toThrow('durability: must be one of full, normal');
+  });
+
   it('takes type_concurrency for configured types only', () => {
     const config = parseConfig({ type_concurrency: { CodeGeneration: 50 } });
     expect(compileConfig(config).manager.typeConcurrency).toEqual({ CodeGeneration: 50 });

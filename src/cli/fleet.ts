@@ -56,7 +56,7 @@ export async function startFleet(
     timeoutMs: entry.timeout_ms,
   }));
   assertSafeHost(compiled.server.host, compiled.server);
-  const store = await openStore(compiled.server.database);
+  const store = await openStore(compiled.server.database, { durability: compiled.server.durability });
   const manager = new AgentManager({
     ...compiled.manager,
     store,
