@@ -10,7 +10,7 @@ import Fastify, { type FastifyBaseLogger } from 'fastify';
 import type { ApiOptions } from './api-options.js';
 import type { AgentfleetApp, AlertReader } from './app-types.js';
 import { createAuthenticator } from './auth.js';
-import { createErrorHandler, toHttpError } from './errors.js';
+import { createErrorHandler, createFrameworkErrorHandler, handleClientError, toHttpError } from './errors.js';
 import type { Caller, Fleet } from './fleet.js';
 import { FleetMetricsExporter } from './metrics.js';
 import { OpenApiCollector } from './openapi.js';
@@ -96,6 +96,9 @@ export function buildApp(
     // Ids are in the path; a long path is an attack or a bug, not a task.
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
+    clientErrorHandler: handleClientError,
+    // Router-level refusals (a URL that does not decode, an id past maxParamLength) in the one error shape.
+    frameworkErrors: createFrameworkErrorHandler(options.bodyLimitBytes),
     // `close()` runs after the engine has drained and submissions are refused, so what is left are
     // reads, event streams and idle keep-alive sockets; without this they would hold the close for the
     // keep-alive timeout (72 s).

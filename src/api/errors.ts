@@ -4,6 +4,8 @@
  * (validation, JSON parse, body limit) are translated into the same catalogue, and anything unexpected
  * is a 500 whose message is logged, never sent.
  */
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { AgentfleetError, type ErrorCode } from '../domain/errors.js';
 
@@ -155,5 +157,41 @@ export function createErrorHandler(bodyLimitBytes: number) {
     else if (mapped.status >= 500)
       request.log.warn({ code: mapped.body.error.code }, mapped.body.error.message);
     return reply.code(mapped.status).headers(mapped.headers).send(mapped.body);
+  };
+}
+
+/**
+ * Answers a request Node's HTTP parser refused (malformed request line or header, header block too
+ * large, request too slow) in the same `{error: {code, message}}` shape as every other error, then
+ * closes the connection: after a parse error the rest of the stream cannot be trusted. Fastify's own
+ * handler would send a different shape. A reset connection gets nothing.
+ */
+export function handleClientError(error: Error & { code?: string }, socket: Socket): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  let status = 400;
+  let message = 'malformed HTTP request';
+  if (error.code === 'HPE_HEADER_OVERFLOW') {
+    status = 431;
+    message = 'request headers are too large';
+  } else if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    status = 408;
+    message = 'the request was not received in time';
+  }
+  const body: ErrorBody = { error: { code: 'invalid_input', message } };
+  const text = JSON.stringify(body);
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\n` +
+        `content-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`,
+    );
+  }
+  socket.destroy();
+}
+
+/** Builds the handler of Fastify's router-level errors (`frameworkErrors`): the same mapping as the rest. */
+export function createFrameworkErrorHandler(bodyLimitBytes: number) {
+  return (error: FastifyError, _request: FastifyRequest, reply: FastifyReply): void => {
+    const { status, headers, body } = toHttpError(error, bodyLimitBytes);
+    void reply.code(status).headers(headers).send(body);
   };
 }

@@ -10,8 +10,8 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom
 import { AGENT_STATUSES } from '../domain/agent.js';
 import { PRIORITIES, type Priority, TASK_STATUSES } from '../domain/task.js';
 import type { AlertName } from '../engine/alerts.js';
-import { tokenUsageOf } from '../executors/executor.js';
 import type { FleetEvent } from '../engine/events.js';
+import { tokenUsageOf } from '../executors/executor.js';
 import type { Caller, Fleet } from './fleet.js';
 
 /** What the metrics read about alerts. */

@@ -63,15 +63,22 @@ export function registerEventRoutes(
       },
     },
     (request, reply) => {
-      const caller = request.caller;
-      const res: ServerResponse = reply.raw;
-      reply.hijack();
-      res.writeHead(200, {
+      const headers = {
         'content-type': 'text/event-stream; charset=utf-8',
         'cache-control': 'no-cache, no-transform',
         // nginx buffers responses unless told not to; a buffered stream is not live.
         'x-accel-buffering': 'no',
-      });
+      };
+      // HEAD (which Fastify routes here too) gets the headers and an end: a stream it cannot read
+      // would otherwise hold a subscription and a socket until the client gives up.
+      if (request.method === 'HEAD') {
+        reply.code(200).headers(headers).send();
+        return;
+      }
+      const caller = request.caller;
+      const res: ServerResponse = reply.raw;
+      reply.hijack();
+      res.writeHead(200, headers);
       res.write(
         `retry: 3000\n: agentfleet events for ${caller.admin ? 'admin' : 'user'} ${caller.userId}\n\n`,
       );
