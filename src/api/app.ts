@@ -93,6 +93,9 @@ export function buildApp(
     },
     ...(logger ? { loggerInstance: logger } : { logger: false }),
     bodyLimit: options.bodyLimitBytes,
+    // A client gets 60 s to send its whole request (headers and body): one that trickles bytes cannot
+    // hold a connection forever. Responses (the event stream) are not limited by this.
+    requestTimeout: 60_000,
     // Ids are in the path; a long path is an attack or a bug, not a task.
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
