@@ -104,8 +104,12 @@ const LEASE_SCAN_MIN = 10_000;
 const STATS_SHARDS = 8;
 /** Tries of one operation that hit a serialization failure or deadlock (PostgreSQL aborts one side). */
 const MAX_CONFLICT_TRIES = 5;
-/** SQLSTATEs that mean "retry the transaction": serialization_failure, deadlock_detected. */
-const CONFLICT_CODES = new Set(['40001', '40P01']);
+/**
+ * SQLSTATEs that mean "retry the transaction": serialization_failure, deadlock_detected, and
+ * lock_not_available (a `lock_timeout` the operator set on the role or database ran out while another
+ * session held a lock this transaction needed; the store never asks for NOWAIT).
+ */
+const CONFLICT_CODES = new Set(['40001', '40P01', '55P03']);
 /**
  * Error codes that mean the database could not be reached or dropped the connection: the client's own
  * codes, socket errors, and server states (admin/crash shutdown, cannot connect now, too many
@@ -130,6 +134,23 @@ const CONNECTION_CODES = new Set([
   '53300',
 ]);
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+/**
+ * A custom setting sent with every connection's startup message only to make that message at least
+ * 1 KiB long. It works around a defect of the `postgres` client (3.4.9; upstream porsager/postgres#1208
+ * and the pool-poisoning reports around it): when a connection drops while a small write is buffered,
+ * the client keeps a stale flush timer and the buffered bytes, and from then on buffers writes under
+ * 1 KiB without ever sending them, so each reconnect of that connection waits out the connect timeout
+ * (observed: operations stalled 10 s, again and again, after backends were terminated). A message of
+ * 1 KiB or more is sent at once, which flushes and resets that state: the server refuses the one
+ * attempt that starts with the stale bytes, and the client's automatic reconnect is clean. The server
+ * keeps the value as a placeholder setting of the session; nothing reads it.
+ */
+const STARTUP_PADDING_SETTING = 'agentfleet.startup_padding';
+const STARTUP_PADDING = 'x'.repeat(1024);
+/** Type oid of `text[]`: the type PostgreSQL reports for the store's array parameters (`$1::text[]`). */
+const TEXT_ARRAY_OID = 1009;
+/** Longest wait for the client to report a failed transaction's connection closed (see `transaction`). */
+const ABANDONED_TX_WAIT_MS = 5000;
 
 /** How an operation talks to the database, which decides what may be retried after an error. */
 type Mode =
@@ -313,6 +334,11 @@ function decodeCursor(cursor: string): number {
   return Number(match[1]);
 }
 
+/** A `text[]` literal: every element quoted, backslashes and quotes escaped. */
+function textArrayLiteral(values: readonly string[]): string {
+  return `{${values.map((v) => `"${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`).join(',')}}`;
+}
+
 function errorCode(error: unknown): string | undefined {
   if (typeof error === 'object' && error !== null && 'code' in error) {
     const code = (error as { code: unknown }).code;
@@ -391,6 +417,16 @@ export class PostgresStore implements Store {
   /** Identifies this store's own notifications, so it wakes only on other processes' work. */
   private readonly instanceId = randomBytes(8).toString('hex');
   private readonly wakeListeners = new Set<() => void>();
+  /**
+   * Lease token → owner, for every lease `leaseBatch` handed out and `settleBatch` has not yet been
+   * asked to settle: the attempts this process still runs. `heartbeat` extends only these. Extending
+   * every lease of the owner would keep alive, for as long as the process lives, a lease whose attempt
+   * it has given up on: a settle that failed because the database was unreachable (the engine then
+   * counts on the lease running out so the recovery monitor takes the task back), or a lease whose
+   * reply was lost with the connection (committed, but never started here). Such a task would stay
+   * `running` forever.
+   */
+  private readonly heldLeases = new Map<string, string>();
   private state: 'open' | 'closing' | 'closed' = 'open';
   private closing: Promise<void> | null = null;
 
@@ -424,12 +460,30 @@ export class PostgresStore implements Store {
       connect_timeout: Math.max(1, Math.ceil(connectTimeoutMs / 1000)),
       // Idle connections are closed after a while, so a restarted server does not leave stale ones.
       idle_timeout: 60,
+      // Pause before reconnecting, in seconds, by failed attempts so far. The client's default grows to
+      // 20 s, and an operation that needs a connection waits for the next attempt: during an outage a
+      // submit or a lease renewal would hang that long before failing with `store_unavailable` (seen
+      // as 19 s for a heartbeat while the server was down). Capped at 1 s, a caller learns within about
+      // a second, and the cluster resumes within about a second of the server's return.
+      backoff: (failures: number) => (0.5 + Math.random() / 2) * Math.min(0.05 * 2 ** failures, 1),
       onnotice: () => {},
       connection: {
         application_name: options.applicationName ?? 'agentfleet',
         ...(schema === undefined ? {} : { search_path: schema }),
+        [STARTUP_PADDING_SETTING]: STARTUP_PADDING,
       },
+      // The client fetches array types on every new connection, in a query whose failure nobody can
+      // catch: a connection dropped during it (as happens when backends are terminated, and again as
+      // they reconnect) is an unhandled rejection that ends the process. The store's only arrays are
+      // text[] parameters, whose serializer is given below instead.
+      fetch_types: false,
       types: {
+        textArray: {
+          to: TEXT_ARRAY_OID,
+          from: [],
+          serialize: (values: readonly string[]) => textArrayLiteral(values),
+          parse: (text: string) => text,
+        },
         // Epoch milliseconds and counts are bigint; all fit in a double exactly (< 2^53).
         bigint: {
           to: 20,
@@ -502,7 +556,7 @@ export class PostgresStore implements Store {
     for (let attempt = 1; ; attempt++) {
       if (this.state !== 'open') throw new StoreUnavailableError('the task store is closed');
       try {
-        if (mode === 'tx') return (await this.sql.begin((tx) => fn(tx))) as T;
+        if (mode === 'tx') return await this.transaction(fn);
         return await fn(this.sql);
       } catch (error) {
         if (error instanceof AgentfleetError) throw error;
@@ -526,6 +580,39 @@ export class PostgresStore implements Store {
         }
         throw error;
       }
+    }
+  }
+
+  /**
+   * Runs `fn` in one transaction. Works around a defect of the `postgres` client (3.4.9, upstream
+   * porsager/postgres#1154 and #1208): when a transaction's connection drops, `begin()` rejects, but a
+   * callback that then fails makes the client send ROLLBACK on the dead connection; that schedules a
+   * socket write which throws from a timer, outside every promise, and kills the process (three
+   * `serve` processes all died this way when their backends were terminated). So a callback that fails
+   * because the connection failed is left pending for good, and nothing more is sent on that connection
+   * (the server has rolled the transaction back). `begin()` rejects as soon as the client sees the
+   * connection close; should it not within ABANDONED_TX_WAIT_MS, the call fails anyway, so a caller
+   * (the settle batcher, a submit) is never held by a transaction that will not finish.
+   */
+  private async transaction<T>(fn: (db: Db) => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    let giveUp: (error: unknown) => void = () => {};
+    const abandoned = new Promise<never>((_, reject) => {
+      giveUp = reject;
+    });
+    const work = this.sql.begin((tx) =>
+      fn(tx).catch((error: unknown) => {
+        if (!isConnectionError(error)) throw error;
+        timer = setTimeout(() => giveUp(error), ABANDONED_TX_WAIT_MS);
+        timer.unref();
+        return new Promise<never>(() => {});
+      }),
+    );
+    try {
+      return (await Promise.race([work, abandoned])) as T;
+    } finally {
+      // Usually already set: the connection error reaches the callback before begin() rejects.
+      if (timer !== undefined) clearTimeout(timer);
     }
   }
 
@@ -589,6 +676,7 @@ export class PostgresStore implements Store {
         typeLimits: request.typeLimits ?? {},
       }),
     );
+    for (const r of rows) this.heldLeases.set(r.o_token, request.owner);
     return rows.map((r) => ({
       task: toTaskView(r.o_task),
       token: r.o_token,
@@ -609,10 +697,13 @@ export class PostgresStore implements Store {
     instance?: InstanceBeat,
   ): Promise<{ cancelRequested: string[] }> {
     const expiresMs = nowMs + leaseMs;
+    // Only the attempts this process still runs (see heldLeases).
+    const tokens: string[] = [];
+    for (const [token, holder] of this.heldLeases) if (holder === owner) tokens.push(token);
     const rows = await this.run('statement', (db) =>
       instance === undefined
-        ? q.extendLeases(db, owner, expiresMs)
-        : q.extendLeasesAndBeat(db, owner, expiresMs, nowMs, instance),
+        ? q.extendLeases(db, owner, tokens, expiresMs)
+        : q.extendLeasesAndBeat(db, owner, tokens, expiresMs, nowMs, instance),
     );
     const cancelRequested = rows
       .filter((r) => r.cancel_requested)
@@ -645,6 +736,8 @@ export class PostgresStore implements Store {
    */
   async settleBatch(requests: readonly SettleRequest[], rules: HealthRules): Promise<SettleResult[]> {
     if (requests.length === 0) return [];
+    // Settled or given up on (if this throws): no longer extended by heartbeats either way.
+    for (const request of requests) this.heldLeases.delete(request.token);
     const breakerRules = rules.breakerRules ?? SPEC_BREAKER_RULES;
     return this.run('tx', async (tx) => {
       const stats = new StatsBatch();

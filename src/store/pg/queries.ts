@@ -274,16 +274,18 @@ export async function leaseTasks(db: Db, p: LeaseParams): Promise<LeaseRow[]> {
 }
 
 /**
- * Extends every running lease of `owner` to `expiresMs`; returns those tasks (id, insertion order,
- * whether their cancel was requested).
+ * Extends the running leases of `owner` whose token is in `tokens` (the attempts its process still
+ * runs) to `expiresMs`; returns those tasks (id, insertion order, whether their cancel was requested).
  */
 export async function extendLeases(
   db: Db,
   owner: string,
+  tokens: readonly string[],
   expiresMs: number,
 ): Promise<{ id: string; seq: number; cancel_requested: boolean }[]> {
   const rows = await db<{ id: string; seq: number; cancel_requested: boolean }[]>`UPDATE tasks
-    SET lease_expires_at = ${expiresMs} WHERE status = 'running' AND lease_owner = ${owner}
+    SET lease_expires_at = ${expiresMs}
+    WHERE status = 'running' AND lease_owner = ${owner} AND lease_token = ANY (${[...tokens]}::text[])
     RETURNING id, seq, cancel_requested`;
   return [...rows];
 }
@@ -295,6 +297,7 @@ export async function extendLeases(
 export async function extendLeasesAndBeat(
   db: Db,
   owner: string,
+  tokens: readonly string[],
   expiresMs: number,
   nowMs: number,
   beat: InstanceBeat,
@@ -304,7 +307,8 @@ export async function extendLeasesAndBeat(
       VALUES (${owner}, ${beat.host}, ${beat.pid}, ${beat.startedAtMs}, ${nowMs}, ${beat.slotsInUse}, ${beat.maxSlots})
       ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
         heartbeat_at = excluded.heartbeat_at, slots_in_use = excluded.slots_in_use, max_slots = excluded.max_slots)
-    UPDATE tasks SET lease_expires_at = ${expiresMs} WHERE status = 'running' AND lease_owner = ${owner}
+    UPDATE tasks SET lease_expires_at = ${expiresMs}
+    WHERE status = 'running' AND lease_owner = ${owner} AND lease_token = ANY (${[...tokens]}::text[])
     RETURNING id, seq, cancel_requested`;
   return [...rows];
 }
