@@ -1,12 +1,15 @@
 /**
  * One benchmark workload in this process, on a fresh store; prints one JSON line with its figures.
- *   node dist-bench/bench/workloads.js <workload> <sqlite|postgres>
- * Workloads (issue 7): w1-single, w1-concurrent, w2-drain, w3-io, w4-faults, w5-priority, l-latency,
+ *   node dist-bench/bench/workloads.js <workload> <sqlite|sqlite-normal|postgres>
+ * Workloads (issue 7): raw, w1-single, w1-concurrent, w2-drain, w3-io, w4-faults, w5-priority, l-latency,
  * h-http, h-load. Run through bench/run.ts, which takes the median of several runs in fresh processes.
+ * `sqlite` is the durable default (synchronous=FULL); `sqlite-normal` is the `durability: "normal"` mode.
  */
+import { type ChildProcess, fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { seededRandom } from '../src/domain/clock.js';
 import { TaskFailedError } from '../src/domain/errors.js';
 import type { Priority } from '../src/domain/task.js';
@@ -21,9 +24,11 @@ const DESCRIPTION = 'Generate a function that parses ISO 8601 durations and retu
 
 /** A fresh store of the given kind and its disposal. */
 async function openBenchStore(kind: string): Promise<{ store: Store; dispose: () => Promise<void> }> {
-  if (kind === 'sqlite') {
+  if (kind === 'sqlite' || kind === 'sqlite-normal') {
     const dir = mkdtempSync(join(tmpdir(), 'agentfleet-bench-'));
-    const store = SqliteStore.open(join(dir, 'bench.db'));
+    const store = SqliteStore.open(join(dir, 'bench.db'), {
+      synchronous: kind === 'sqlite' ? 'full' : 'normal',
+    });
     return {
       store,
       dispose: async () => {
@@ -49,6 +54,12 @@ async function openBenchStore(kind: string): Promise<{ store: Store; dispose: ()
     };
   }
   throw new Error(`unknown store ${kind}`);
+}
+
+/** CPU time (user + system) this process has used, in microseconds: less sensitive to a busy machine than wall time. */
+function cpuMicros(): number {
+  const { user, system } = process.cpuUsage();
+  return user + system;
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -94,12 +105,14 @@ const WORKLOADS: Record<string, (store: Store) => Promise<Figures>> = {
     m.handle('Noop', async () => undefined);
     const n = 10_000;
     const t = performance.now();
+    const cpu = cpuMicros();
     for (let i = 0; i < n; i++) {
       await m.submit({ task_type: 'Noop', description: DESCRIPTION, priority: PRIORITY_CYCLE[i % 4] });
     }
     const ms = performance.now() - t;
+    const cpuPerTask = (cpuMicros() - cpu) / n;
     await m.stop();
-    return { submits_per_s: Math.round(n / (ms / 1000)) };
+    return { submits_per_s: Math.round(n / (ms / 1000)), cpu_us_per_task: round(cpuPerTask, 1) };
   },
 
   async 'w1-concurrent'(store) {
@@ -109,6 +122,7 @@ const WORKLOADS: Record<string, (store: Store) => Promise<Figures>> = {
     const callers = 50;
     let next = 0;
     const t = performance.now();
+    const cpu = cpuMicros();
     await Promise.all(
       Array.from({ length: callers }, async () => {
         while (next < n) {
@@ -118,24 +132,36 @@ const WORKLOADS: Record<string, (store: Store) => Promise<Figures>> = {
       }),
     );
     const ms = performance.now() - t;
+    const cpuPerTask = (cpuMicros() - cpu) / n;
     await m.stop();
-    return { submits_per_s: Math.round(n / (ms / 1000)) };
+    return { submits_per_s: Math.round(n / (ms / 1000)), cpu_us_per_task: round(cpuPerTask, 1) };
   },
 
   async 'w2-drain'(store) {
     const m = manager(store);
     m.handle('Noop', async () => undefined);
     const n = 10_000;
-    await Promise.all(
-      Array.from({ length: n }, (_, i) => m.submit({ task_type: 'Noop', description: `noop ${i}` })),
-    );
+    // Queued in groups of 1000, so the peak RSS is the drain's, not 10,000 submit calls in flight at once.
+    for (let from = 0; from < n; from += 1000) {
+      await Promise.all(
+        Array.from({ length: 1000 }, (_, i) =>
+          m.submit({ task_type: 'Noop', description: `noop ${from + i}` }),
+        ),
+      );
+    }
     const done = countEvents(m, ['task.succeeded'], n);
     const t = performance.now();
+    const cpu = cpuMicros();
     await m.start();
     await done;
     const ms = performance.now() - t;
+    const cpuPerTask = (cpuMicros() - cpu) / n;
     await m.stop();
-    return { tasks_per_s: Math.round(n / (ms / 1000)), wall_ms: Math.round(ms) };
+    return {
+      tasks_per_s: Math.round(n / (ms / 1000)),
+      wall_ms: Math.round(ms),
+      cpu_us_per_task: round(cpuPerTask, 1),
+    };
   },
 
   async 'w3-io'(store) {
@@ -192,41 +218,61 @@ const WORKLOADS: Record<string, (store: Store) => Promise<Figures>> = {
   async 'w5-priority'(store) {
     const m = manager(store);
     const startedAt = new Map<string, number>();
+    // Low tasks started so far, and how many had started when each urgent task was submitted / started.
     let lowStarted = 0;
+    const lowAtSubmit = new Map<string, number>();
+    const lowAtStart = new Map<string, number>();
     m.handle('Work', async (task) => {
       startedAt.set(task.description, performance.now());
       if (task.priority === 'low') {
         lowStarted++;
         await new Promise((resolve) => setTimeout(resolve, 20));
+      } else {
+        lowAtStart.set(task.description, lowStarted);
       }
     });
     const n = 2000;
     const allDone = countEvents(m, ['task.succeeded'], n + 10);
+    // When each urgent task is in the queue (its commit): low tasks started after that overtook it.
+    const lowAtEnqueue = new Map<string, number>();
+    const urgentIds = new Map<string, string>();
+    m.subscribe((event) => {
+      if (event.type === 'task.queued' && event.data?.priority === 'urgent' && event.task_id) {
+        lowAtEnqueue.set(event.task_id, lowStarted);
+      }
+    });
     await m.start();
     await Promise.all(
       Array.from({ length: n }, (_, i) =>
         m.submit({ task_type: 'Work', description: `low ${i}`, priority: 'low' }),
       ),
     );
-    // Wait until the backlog runs at full slots, then send the urgent ones.
+    // Wait until the backlog runs at full slots, then send the urgent ones, one awaited call at a time.
     while (lowStarted < 400) await new Promise((resolve) => setTimeout(resolve, 5));
     const submitted = new Map<string, number>();
-    const lowBefore = lowStarted;
     for (let i = 0; i < 10; i++) {
       const name = `urgent ${i}`;
       submitted.set(name, performance.now());
-      await m.submit({ task_type: 'Work', description: name, priority: 'urgent' });
+      lowAtSubmit.set(name, lowStarted);
+      const task = await m.submit({ task_type: 'Work', description: name, priority: 'urgent' });
+      urgentIds.set(name, task.id);
     }
     while (![...submitted.keys()].every((k) => startedAt.has(k)))
       await new Promise((resolve) => setTimeout(resolve, 1));
-    const lowBetween = lowStarted - lowBefore;
     const waits = [...submitted.entries()].map(([k, t]) => (startedAt.get(k) ?? t) - t).sort((a, b) => a - b);
+    // Low tasks that started after an urgent one was in the queue and before it started (overtook it),
+    // and, looser, after its submit call began (a lease taken just before the commit counts there).
+    const between = [...submitted.keys()].map(
+      (k) => (lowAtStart.get(k) ?? 0) - (lowAtEnqueue.get(urgentIds.get(k) ?? '') ?? 0),
+    );
+    const sinceCall = [...submitted.keys()].map((k) => (lowAtStart.get(k) ?? 0) - (lowAtSubmit.get(k) ?? 0));
     await allDone;
     await m.stop();
     return {
       urgent_start_p50_ms: round(percentile(waits, 50)),
       urgent_start_max_ms: round(waits.at(-1) ?? 0),
-      low_started_between: lowBetween,
+      low_started_between: Math.max(...between),
+      low_started_since_submit_call: Math.max(...sinceCall),
     };
   },
 
@@ -261,15 +307,169 @@ const WORKLOADS: Record<string, (store: Store) => Promise<Figures>> = {
   },
 };
 
+/** Starts bench/server.ts in its own process; resolves with its URL and a stop that returns its peak RSS. */
+async function startServer(
+  kind: string,
+  mode: 'http' | 'load',
+): Promise<{ url: string; stop: () => Promise<number> }> {
+  const child: ChildProcess = fork(new URL('./server.js', import.meta.url), [kind, mode], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const next = (type: string) =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      const onMessage = (message: unknown) => {
+        if (
+          typeof message === 'object' &&
+          message !== null &&
+          (message as { type?: unknown }).type === type
+        ) {
+          child.off('message', onMessage);
+          child.off('exit', onExit);
+          resolve(message as Record<string, unknown>);
+        }
+      };
+      const onExit = (code: number | null) => reject(new Error(`bench server exited with ${code}`));
+      child.on('message', onMessage);
+      child.once('exit', onExit);
+    });
+  const listening = await next('listening');
+  return {
+    url: String(listening.url),
+    stop: async () => {
+      const stopped = next('stopped');
+      child.send({ type: 'stop' });
+      const message = await stopped;
+      return Number(message.peak_rss_mb);
+    },
+  };
+}
+
+/** Workloads that open their own store (raw SQL, a server in another process). */
+const SELF_CONTAINED: Record<string, (kind: string) => Promise<Figures>> = {
+  /** The floor: one-row transactions straight through the driver, one committed (and synced) at a time. */
+  async raw(kind) {
+    const n = 5000;
+    const row = DESCRIPTION;
+    if (kind === 'postgres') {
+      const url = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+      const postgres = (await import('postgres')).default;
+      const sql = postgres(url, { max: 1, onnotice: () => undefined });
+      const table = `bench_raw_${process.pid}`;
+      await sql.unsafe(`CREATE TABLE ${table} (id BIGSERIAL PRIMARY KEY, v TEXT NOT NULL)`);
+      const t = performance.now();
+      for (let i = 0; i < n; i++) await sql.unsafe(`INSERT INTO ${table} (v) VALUES ($1)`, [row]);
+      const ms = performance.now() - t;
+      await sql.unsafe(`DROP TABLE ${table}`);
+      await sql.end();
+      return { tx_per_s: Math.round(n / (ms / 1000)), us_per_tx: round((ms * 1000) / n, 1) };
+    }
+    const dir = mkdtempSync(join(tmpdir(), 'agentfleet-bench-raw-'));
+    const db = new Database(join(dir, 'raw.db'));
+    db.pragma('journal_mode = WAL');
+    db.pragma(`synchronous = ${kind === 'sqlite' ? 'FULL' : 'NORMAL'}`);
+    db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)');
+    const insert = db.prepare('INSERT INTO t (v) VALUES (?)');
+    const tx = db.transaction(() => insert.run(row));
+    const t = performance.now();
+    for (let i = 0; i < n; i++) tx.immediate();
+    const ms = performance.now() - t;
+    db.close();
+    rmSync(dir, { recursive: true, force: true });
+    return { tx_per_s: Math.round(n / (ms / 1000)), us_per_tx: round((ms * 1000) / n, 1) };
+  },
+
+  /** HTTP submit throughput and latency: 50 callers on keep-alive connections for 10 s. */
+  async 'h-http'(kind) {
+    const server = await startServer(kind, 'http');
+    // Imported here, so the other workloads' peak RSS does not include the HTTP client.
+    const { Pool } = await import('undici');
+    const pool = new Pool(server.url, { connections: 50, pipelining: 1 });
+    const callers = 50;
+    const durationMs = 10_000;
+    const latencies: number[] = [];
+    let accepted = 0;
+    let refused = 0;
+    let i = 0;
+    const t0 = performance.now();
+    const deadline = t0 + durationMs;
+    await Promise.all(
+      Array.from({ length: callers }, async () => {
+        while (performance.now() < deadline) {
+          const body = JSON.stringify({
+            task_type: 'Bench',
+            description: DESCRIPTION,
+            priority: PRIORITY_CYCLE[i++ % 4],
+          });
+          const t = performance.now();
+          const response = await pool.request({
+            method: 'POST',
+            path: '/api/v1/agents/tasks',
+            headers: { 'content-type': 'application/json' },
+            body,
+          });
+          await response.body.dump();
+          latencies.push(performance.now() - t);
+          if (response.statusCode === 202) accepted++;
+          else refused++;
+        }
+      }),
+    );
+    const ms = performance.now() - t0;
+    await pool.close();
+    const serverRss = await server.stop();
+    latencies.sort((a, b) => a - b);
+    return {
+      submits_per_s: Math.round(accepted / (ms / 1000)),
+      p50_ms: round(percentile(latencies, 50)),
+      p99_ms: round(percentile(latencies, 99)),
+      refused,
+      server_rss_mb: serverRss,
+    };
+  },
+
+  /** The spec's load test end to end: 1000 CodeGeneration tasks over HTTP, followed until all finished. */
+  async 'h-load'(kind) {
+    const server = await startServer(kind, 'load');
+    const quiet = { start: () => undefined, update: () => undefined, stop: () => undefined };
+    const { runLoad } = await import('../src/cli/load.js');
+    const summary = await runLoad({
+      url: server.url,
+      tasks: 1000,
+      concurrency: 50,
+      taskType: 'CodeGeneration',
+      waitTimeoutMs: 120_000,
+      progress: quiet,
+    });
+    const serverRss = await server.stop();
+    const refused = Object.values(summary.refused).reduce((a, b) => a + b, 0);
+    return {
+      accepted: summary.accepted,
+      succeeded: summary.succeeded,
+      refused,
+      lost: summary.accepted - summary.succeeded - summary.failed - summary.cancelled,
+      submits_per_s: Math.round(summary.accepted / (summary.submitPhaseMs / 1000)),
+      wall_ms: Math.round(summary.totalMs),
+      server_rss_mb: serverRss,
+    };
+  },
+};
+
 const [name, kind = 'sqlite'] = process.argv.slice(2);
-const workload = name ? WORKLOADS[name] : undefined;
-if (!workload) {
-  console.error(`usage: workloads <${Object.keys(WORKLOADS).join('|')}> <sqlite|postgres>`);
+const inStore = name ? WORKLOADS[name] : undefined;
+const selfContained = name ? SELF_CONTAINED[name] : undefined;
+if ((!inStore && !selfContained) || !['sqlite', 'sqlite-normal', 'postgres'].includes(kind)) {
+  const names = [...Object.keys(SELF_CONTAINED), ...Object.keys(WORKLOADS)].join('|');
+  console.error(`usage: workloads <${names}> <sqlite|sqlite-normal|postgres>`);
   process.exit(2);
 }
-const { store, dispose } = await openBenchStore(kind);
-const figures = await workload(store);
-await dispose();
+let figures: Figures;
+if (inStore) {
+  const { store, dispose } = await openBenchStore(kind);
+  figures = await inStore(store);
+  await dispose();
+} else {
+  figures = await (selfContained as (kind: string) => Promise<Figures>)(kind);
+}
 figures.peak_rss_mb = Math.round(process.resourceUsage().maxRSS / 1024);
 process.stdout.write(`${JSON.stringify(figures)}\n`);
 process.exit(0);

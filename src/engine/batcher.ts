@@ -2,6 +2,11 @@
  * Group commit: items pushed while a batch is being written wait and go together in the next one, so
  * one transaction (and one fsync) serves many callers. Each caller's promise settles only after the
  * batch holding its item has been written.
+ *
+ * A batch is written on the next turn of the event loop (setImmediate), so everything that arrives in
+ * the same I/O turn joins it, and one batch is written per turn, so other work (a lease, another
+ * batcher) interleaves with a long backlog. `flushNow` writes what is waiting at once, for a caller
+ * that must see it committed first (the lease loop, so a task submitted just before a lease is in it).
  */
 export class Batcher<I, O> {
   private pending: { item: I; resolve: (o: O) => void; reject: (e: unknown) => void }[] = [];
@@ -14,6 +19,11 @@ export class Batcher<I, O> {
     /** Largest batch; bounds the length of one transaction. */
     private readonly maxBatch = 1000,
   ) {}
+
+  /** Items waiting for their batch. */
+  get waiting(): number {
+    return this.pending.length;
+  }
 
   /** Adds an item to the next batch and resolves with its output once that batch is written. */
   push(item: I): Promise<O> {
@@ -31,30 +41,40 @@ export class Batcher<I, O> {
     }
   }
 
+  /** Writes the items waiting now (one batch) without waiting for the next turn; resolves once written. */
+  async flushNow(): Promise<void> {
+    if (this.flushing !== null) await this.flushing;
+    this.start();
+    if (this.flushing !== null) await this.flushing;
+  }
+
   private schedule(): void {
     if (this.scheduled || this.flushing !== null) return;
     this.scheduled = true;
     // setImmediate, not a microtask: requests that arrive in the same I/O turn join one batch.
     setImmediate(() => {
       this.scheduled = false;
-      this.flushing = this.flush().finally(() => {
-        this.flushing = null;
-        if (this.pending.length > 0) this.schedule();
-      });
+      this.start();
     });
   }
 
-  private async flush(): Promise<void> {
-    while (this.pending.length > 0) {
-      const batch = this.pending.splice(0, this.maxBatch);
-      try {
-        const outputs = await this.write(batch.map((p) => p.item));
-        batch.forEach((p, i) => {
-          p.resolve(outputs[i] as O);
-        });
-      } catch (error) {
-        for (const p of batch) p.reject(error);
-      }
+  private start(): void {
+    if (this.flushing !== null || this.pending.length === 0) return;
+    this.flushing = this.flushOne().finally(() => {
+      this.flushing = null;
+      if (this.pending.length > 0) this.schedule();
+    });
+  }
+
+  private async flushOne(): Promise<void> {
+    const batch = this.pending.splice(0, this.maxBatch);
+    try {
+      const outputs = await this.write(batch.map((p) => p.item));
+      batch.forEach((p, i) => {
+        p.resolve(outputs[i] as O);
+      });
+    } catch (error) {
+      for (const p of batch) p.reject(error);
     }
   }
 }

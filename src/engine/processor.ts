@@ -19,6 +19,7 @@ import type { CircuitBreakers } from './breaker.js';
 import type { CheckpointManager } from './checkpoints.js';
 import type { EventBus, FleetEventType } from './events.js';
 import type { ResolvedOptions } from './options.js';
+import { flushSubmits } from './queue.js';
 
 /** An executor and the time limit of its type. */
 export interface ExecutorBinding {
@@ -44,6 +45,18 @@ interface RunningTask {
   controller: AbortController;
   token: string;
   done: Promise<void>;
+  /** When the attempt times out (clock ms), and its limit for the error message. */
+  deadline: number;
+  timeoutMs: number;
+}
+
+/**
+ * Slots a backlog of low-priority tasks leaves free, out of `maxConcurrentTasks`: 2 % (4 of the spec's
+ * 200), none below 50 slots. An urgent, high or medium task then starts at once instead of waiting for
+ * a low one to finish; with no low backlog every slot is used as before.
+ */
+export function lowPriorityHeadroom(maxConcurrentTasks: number): number {
+  return Math.floor(maxConcurrentTasks / 50);
 }
 
 const SETTLE_EVENT: Record<Settlement['kind'], FleetEventType> = {
@@ -71,6 +84,10 @@ export class QueueProcessor {
   private wakeWaiter: (() => void) | null = null;
   private heartbeatTimer: TimerHandle | null = null;
   private heartbeatRun: Promise<void> = Promise.resolve();
+  /** One timer for every attempt's time limit, set for the earliest deadline. */
+  private deadlineTimer: TimerHandle | null = null;
+  private deadlineAt = Number.POSITIVE_INFINITY;
+  private readonly headroom: { low: number };
 
   constructor(private readonly deps: ProcessorDeps) {
     this.settler = new Batcher((requests) =>
@@ -80,6 +97,7 @@ export class QueueProcessor {
       }),
     );
     deps.slots.onRelease(() => this.wake());
+    this.headroom = { low: lowPriorityHeadroom(deps.options.maxConcurrentTasks) };
   }
 
   /** Tasks running in this process now. */
@@ -144,6 +162,9 @@ export class QueueProcessor {
   async close(): Promise<void> {
     this.heartbeatTimer?.cancel();
     this.heartbeatTimer = null;
+    this.deadlineTimer?.cancel();
+    this.deadlineTimer = null;
+    this.deadlineAt = Number.POSITIVE_INFINITY;
     await this.heartbeatRun;
     await this.settler.idle();
   }
@@ -159,6 +180,8 @@ export class QueueProcessor {
         const reserved = slots.reserve(slots.available);
         let leased: LeasedTask[] = [];
         try {
+          // Submissions waiting for their group commit go first, so this lease ranks them too.
+          await flushSubmits(store);
           leased = await store.leaseBatch({
             owner: instanceId,
             limit: reserved,
@@ -170,6 +193,7 @@ export class QueueProcessor {
             typeLimits: options.typeConcurrency,
             maxAgentsPerUser: options.maxAgentsPerUser,
             newAgentId: () => newId('agent_', clock.now()),
+            headroom: this.headroom,
           });
           failures = 0;
         } catch (error) {
@@ -243,12 +267,49 @@ export class QueueProcessor {
   /** Starts one leased task; its slot is already held and is released when it settles. */
   private begin(leased: LeasedTask): void {
     const controller = new AbortController();
-    const entry: RunningTask = { controller, token: leased.token, done: Promise.resolve() };
+    const binding = this.deps.executorFor(leased.task.task_type);
+    const timeoutMs = leased.task.timeout_ms ?? binding?.timeoutMs ?? this.deps.options.defaultTimeoutMs;
+    const deadline = this.deps.options.clock.now() + timeoutMs;
+    const entry: RunningTask = {
+      controller,
+      token: leased.token,
+      done: Promise.resolve(),
+      deadline,
+      timeoutMs,
+    };
     this.running.set(leased.task.id, entry);
-    entry.done = this.execute(leased, controller);
+    this.armDeadline(deadline);
+    entry.done = this.execute(leased, controller, binding);
   }
 
-  private async execute(leased: LeasedTask, controller: AbortController): Promise<void> {
+  /** Makes the deadline timer fire no later than `at`. */
+  private armDeadline(at: number): void {
+    if (at >= this.deadlineAt) return;
+    this.deadlineTimer?.cancel();
+    this.deadlineAt = at;
+    const { clock } = this.deps.options;
+    this.deadlineTimer = clock.setTimer(Math.max(0, at - clock.now()), () => this.expireDeadlines());
+  }
+
+  /** Aborts every attempt past its time limit, then sets the timer for the next deadline. */
+  private expireDeadlines(): void {
+    this.deadlineTimer = null;
+    this.deadlineAt = Number.POSITIVE_INFINITY;
+    const now = this.deps.options.clock.now();
+    let next = Number.POSITIVE_INFINITY;
+    for (const entry of this.running.values()) {
+      if (entry.controller.signal.aborted) continue;
+      if (entry.deadline <= now) entry.controller.abort(new TaskTimeoutError(entry.timeoutMs));
+      else next = Math.min(next, entry.deadline);
+    }
+    if (next !== Number.POSITIVE_INFINITY) this.armDeadline(next);
+  }
+
+  private async execute(
+    leased: LeasedTask,
+    controller: AbortController,
+    binding: ExecutorBinding | undefined,
+  ): Promise<void> {
     const { options, checkpoints, events } = this.deps;
     const { clock, logger } = options;
     const { task, token, agent } = leased;
@@ -270,9 +331,6 @@ export class QueueProcessor {
         task_type: agent.agent_type,
       });
     }
-    const binding = this.deps.executorFor(task.task_type);
-    const timeoutMs = task.timeout_ms ?? binding?.timeoutMs ?? options.defaultTimeoutMs;
-    const timer = clock.setTimer(timeoutMs, () => controller.abort(new TaskTimeoutError(timeoutMs)));
     let settlement: Settlement;
     let usage: TokenUsage | undefined;
     try {
@@ -304,8 +362,6 @@ export class QueueProcessor {
     } catch (thrown) {
       const error = controller.signal.aborted ? (controller.signal.reason as unknown) : thrown;
       settlement = this.classify(leased, error);
-    } finally {
-      timer.cancel();
     }
     try {
       const result = await this.settler.push({
@@ -322,6 +378,12 @@ export class QueueProcessor {
       logger.error({ err: error, task_id: task.id }, 'could not settle an attempt; its lease will expire');
     } finally {
       this.running.delete(task.id);
+      if (this.running.size === 0) {
+        // Nothing left to time out: no timer keeps the process awake.
+        this.deadlineTimer?.cancel();
+        this.deadlineTimer = null;
+        this.deadlineAt = Number.POSITIVE_INFINITY;
+      }
       this.deps.slots.release(1);
     }
   }

@@ -152,4 +152,71 @@ CREATE TABLE instances (
 CREATE INDEX tasks_running_type ON tasks (task_type) WHERE status = 'running';
 `,
   },
+  {
+    version: 3,
+    name: 'status counters, fewer indexes, attempts written at settle',
+    sql: `
+-- Task counts by user and status, and by status alone, kept by triggers in the transaction that changes
+-- a task: admission (queue capacity, per-user limit) and the status endpoint read one or a few rows
+-- instead of counting the queue through an index.
+CREATE TABLE task_counts (
+  user_id TEXT NOT NULL,
+  status TEXT NOT NULL,
+  n INTEGER NOT NULL,
+  PRIMARY KEY (user_id, status)
+) WITHOUT ROWID;
+CREATE TABLE status_counts (
+  status TEXT PRIMARY KEY,
+  n INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO task_counts (user_id, status, n) SELECT user_id, status, COUNT(*) FROM tasks GROUP BY user_id, status;
+INSERT INTO status_counts (status, n) SELECT status, COUNT(*) FROM tasks GROUP BY status;
+
+CREATE TRIGGER tasks_count_insert AFTER INSERT ON tasks BEGIN
+  INSERT INTO task_counts (user_id, status, n) VALUES (NEW.user_id, NEW.status, 1)
+    ON CONFLICT (user_id, status) DO UPDATE SET n = n + 1;
+  INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
+    ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER tasks_count_update AFTER UPDATE OF status, user_id ON tasks
+  WHEN OLD.status IS NOT NEW.status OR OLD.user_id IS NOT NEW.user_id BEGIN
+  UPDATE task_counts SET n = n - 1 WHERE user_id = OLD.user_id AND status = OLD.status;
+  INSERT INTO task_counts (user_id, status, n) VALUES (NEW.user_id, NEW.status, 1)
+    ON CONFLICT (user_id, status) DO UPDATE SET n = n + 1;
+  UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
+  INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
+    ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER tasks_count_delete AFTER DELETE ON tasks BEGIN
+  UPDATE task_counts SET n = n - 1 WHERE user_id = OLD.user_id AND status = OLD.status;
+  UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
+END;
+
+-- Fewer indexes: each one costs a B-tree write whenever a task is inserted or changes status.
+-- Status counts come from the counters above (and without statistics the planner preferred
+-- tasks_status for the lease scan, then sorted the whole queue).
+DROP INDEX tasks_status;
+DROP INDEX tasks_user_status;
+-- The queue index also carries run_at, so the next delayed retry is found in it (nextRunAt).
+DROP INDEX tasks_lease_order;
+DROP INDEX tasks_queued_run_at;
+CREATE INDEX tasks_queue ON tasks (priority_key DESC, seq, run_at) WHERE status = 'queued';
+-- Running tasks are bounded by the execution slots of the processes on this file: one partial index
+-- serves heartbeats and cancels (by owner), and reclaim and type limits scan it whole.
+DROP INDEX tasks_running_expiry;
+DROP INDEX tasks_running_type;
+
+-- One row a fully synchronous commit rewrites to fsync the WAL on demand: leases and settles commit
+-- without an fsync of their own and are made durable within a few milliseconds (SqliteStore.syncSoon).
+CREATE TABLE sync_marker (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  at INTEGER NOT NULL
+);
+INSERT INTO sync_marker (id, at) VALUES (1, 0);
+
+-- From this version an attempt row is written once, when the attempt ends; a running attempt is the
+-- task row itself (status, attempts, agent_id, started_at, lease_owner).
+DELETE FROM attempts WHERE outcome = 'running';
+`,
+  },
 ];

@@ -1,6 +1,8 @@
 /**
  * The embedded default store: one SQLite file through better-sqlite3 (synchronous), WAL journal,
- * `synchronous = FULL` so an acknowledged write is committed and fsync'd. Every method that changes
+ * `synchronous = FULL` so an acknowledged write (a submit, a cancel, a requeue, a checkpoint) is
+ * committed and fsync'd before it returns. Leases, settles and heartbeats acknowledge nothing to a
+ * client: they commit without their own fsync and are fsync'd within SYNC_DELAY_MS (see writeRelaxed). Every method that changes
  * rows runs in one `BEGIN IMMEDIATE` transaction, which takes the write lock up front: two processes
  * (or two instances) on the same file serialise instead of failing half-way with SQLITE_BUSY.
  *
@@ -30,8 +32,10 @@ import {
   UserTaskLimitError,
   ValidationError,
 } from '../domain/errors.js';
+import { priorityKey } from '../domain/priority.js';
 import {
   type AttemptView,
+  PRIORITIES,
   type Priority,
   TASK_STATUSES,
   type TaskDetail,
@@ -78,6 +82,8 @@ const LEASE_PAGE = 128;
  * queue capacity (2000) several times over, so with default settings every queued task is considered.
  */
 const LEASE_SCAN_MIN = 10_000;
+/** Longest a relaxed commit (lease, settle, heartbeat) waits for its fsync; see `writeRelaxed`. */
+const SYNC_DELAY_MS = 100;
 /** SQLite error codes that mean "another writer held the lock too long", not a bug. */
 const BUSY_CODES = new Set(['SQLITE_BUSY', 'SQLITE_BUSY_SNAPSHOT', 'SQLITE_LOCKED']);
 
@@ -111,6 +117,30 @@ interface TaskRow {
   lease_token: string | null;
   lease_expires_at: number | null;
 }
+
+/** The columns of a queued task the lease scan reads: what leasing decides on and the view shows. */
+const LEASE_COLUMNS = `seq, id, user_id, task_type, description, priority, priority_key, attempts, max_retries,
+  timeout_ms, input_json, result_json, error, checkpoint_json, idempotency_key, created_at, run_at`;
+type CandidateRow = Pick<
+  TaskRow,
+  | 'seq'
+  | 'id'
+  | 'user_id'
+  | 'task_type'
+  | 'description'
+  | 'priority'
+  | 'priority_key'
+  | 'attempts'
+  | 'max_retries'
+  | 'timeout_ms'
+  | 'input_json'
+  | 'result_json'
+  | 'error'
+  | 'checkpoint_json'
+  | 'idempotency_key'
+  | 'created_at'
+  | 'run_at'
+>;
 
 interface AttemptRow {
   id: number;
@@ -188,6 +218,27 @@ interface EventRow {
   data_json: string;
 }
 
+/** What a settle needs of its task after writing it. */
+type SettledRow = Pick<
+  TaskRow,
+  'user_id' | 'task_type' | 'attempts' | 'agent_id' | 'started_at' | 'lease_owner'
+>;
+
+/** What an attempt does to its agent's health. */
+type AgentResult = 'success' | 'fault' | 'failure' | 'none';
+
+/** One row's increments of `type_stats`, as bound to the `bumpStats` statement. */
+interface StatsBump {
+  user: string;
+  type: string;
+  succeeded: number;
+  failed: number;
+  cancelled: number;
+  retried: number;
+  ms: number;
+  count: number;
+}
+
 /** Increments of one row of `type_stats`. */
 interface StatsDelta {
   succeeded?: number;
@@ -230,6 +281,31 @@ function toTaskView(row: TaskRow): TaskView {
     created_at: new Date(row.created_at).toISOString(),
     started_at: iso(row.started_at),
     finished_at: iso(row.finished_at),
+    run_at: new Date(row.run_at).toISOString(),
+    result: parseJson(row.result_json),
+    error: row.error,
+    checkpoint: parseJson(row.checkpoint_json),
+    idempotency_key: row.idempotency_key,
+    input: parseJson(row.input_json),
+    timeout_ms: row.timeout_ms,
+    user_id: row.user_id,
+  };
+}
+
+/** The view of a queued task just leased to `agentId` at `nowMs`, built from its candidate row. */
+function leasedTaskView(row: CandidateRow, agentId: string, nowMs: number): TaskView {
+  return {
+    id: row.id,
+    task_type: row.task_type,
+    description: row.description,
+    priority: row.priority,
+    status: 'running',
+    attempts: row.attempts + 1,
+    max_retries: row.max_retries,
+    agent_id: agentId,
+    created_at: new Date(row.created_at).toISOString(),
+    started_at: new Date(nowMs).toISOString(),
+    finished_at: null,
     run_at: new Date(row.run_at).toISOString(),
     result: parseJson(row.result_json),
     error: row.error,
@@ -328,26 +404,27 @@ const SQL = {
       timeout_ms, input_json, idempotency_key, created_at, run_at)
       VALUES (@id, @user_id, @task_type, @description, @priority, @priority_key, 'queued', @max_retries,
       @timeout_ms, @input_json, @idempotency_key, @created_at, @created_at)`,
-  countQueued: "SELECT COUNT(*) AS n FROM tasks WHERE status = 'queued'",
+  // Counts come from the counters the triggers of migration 3 keep, not from the queue.
+  countQueued: "SELECT COALESCE((SELECT n FROM status_counts WHERE status = 'queued'), 0) AS n",
   countUserActive:
-    "SELECT COUNT(*) AS n FROM tasks WHERE user_id = @user AND status IN ('queued', 'running')",
+    "SELECT COALESCE(SUM(n), 0) AS n FROM task_counts WHERE user_id = @user AND status IN ('queued', 'running')",
   // One page of the lease scan: keyset pagination after (@key, @seq) along the partial lease index;
-  // excluded types come as a JSON array so one prepared statement serves any list.
-  leaseCandidates: `SELECT * FROM tasks WHERE status = 'queued' AND run_at <= @now
+  // excluded types come as a JSON array so one prepared statement serves any list. The index is named:
+  // without statistics the planner may pick another and sort the whole queue for every page.
+  leaseCandidates: `SELECT ${LEASE_COLUMNS} FROM tasks INDEXED BY tasks_queue WHERE status = 'queued' AND run_at <= @now
       AND task_type NOT IN (SELECT value FROM json_each(@exclude))
       AND (priority_key < @key OR (priority_key = @key AND seq > @seq))
       ORDER BY priority_key DESC, seq ASC LIMIT @page`,
   leaseTask: `UPDATE tasks SET status = 'running', attempts = attempts + 1, agent_id = @agent_id, started_at = @now,
       finished_at = NULL, lease_owner = @owner, lease_token = @token, lease_expires_at = @expires WHERE seq = @seq`,
-  insertAttempt: `INSERT INTO attempts (task_id, attempt, agent_id, lease_owner, started_at, outcome)
-      VALUES (@task_id, @attempt, @agent_id, @owner, @now, 'running')`,
-  runningAttempt:
-    "SELECT * FROM attempts WHERE task_id = @task_id AND outcome = 'running' ORDER BY id DESC LIMIT 1",
-  finishAttempt:
-    'UPDATE attempts SET finished_at = @now, outcome = @outcome, error = @error, execution_ms = @execution_ms WHERE id = @id',
+  // An attempt is written once, when it ends; while it runs, the task row is the attempt.
+  insertAttempt: `INSERT INTO attempts (task_id, attempt, agent_id, lease_owner, started_at, finished_at, outcome,
+      error, execution_ms) VALUES (@task_id, @attempt, @agent_id, @owner, @started_at, @now, @outcome, @error,
+      @execution_ms)`,
   attemptsOf: 'SELECT * FROM attempts WHERE task_id = @task_id ORDER BY id',
-  pickAgent: `SELECT * FROM agents WHERE user_id = @user AND agent_type = @type AND status = 'idle'
-      ORDER BY last_used_at ASC NULLS FIRST, seq ASC LIMIT 1`,
+  // The user's least-recently-used idle agents of a type, a few at once for a batch of leases.
+  pickAgents: `SELECT * FROM agents WHERE user_id = @user AND agent_type = @type AND status = 'idle'
+      ORDER BY last_used_at ASC NULLS FIRST, seq ASC LIMIT @n`,
   countUserAgents: "SELECT COUNT(*) AS n FROM agents WHERE user_id = @user AND status <> 'retired'",
   countUserAgentsOfType: 'SELECT COUNT(*) AS n FROM agents WHERE user_id = @user AND agent_type = @type',
   insertAgent: `INSERT INTO agents (id, user_id, agent_type, name, status, created_at)
@@ -359,6 +436,26 @@ const SQL = {
   // Fencing: only the holder of the current lease token can settle a running task.
   taskForSettle: "SELECT * FROM tasks WHERE id = @id AND status = 'running' AND lease_token = @token",
   updateTask: TASK_UPDATE_SQL,
+  // The lease columns are left as they were: they only count while the status is `running`.
+  settleSucceeded: `UPDATE tasks SET status = 'succeeded', result_json = @result_json, finished_at = @now
+      WHERE id = @id AND status = 'running' AND lease_token = @token
+      RETURNING user_id, task_type, attempts, agent_id, started_at, lease_owner`,
+  // Right-hand sides read the row as it was. Only a busy agent running this task goes back to idle (or
+  // turns unhealthy); a retired one stays retired.
+  settleAgent: `UPDATE agents SET
+      current_task_id = CASE WHEN current_task_id = @task_id THEN NULL ELSE current_task_id END,
+      total_executions = total_executions + @executed,
+      successful_executions = successful_executions + @succeeded,
+      consecutive_failures = CASE @result WHEN 'success' THEN 0 WHEN 'fault' THEN consecutive_failures + 1
+        ELSE consecutive_failures END,
+      last_success_at = CASE @result WHEN 'success' THEN @now ELSE last_success_at END,
+      last_failure_at = CASE @result WHEN 'fault' THEN @now ELSE last_failure_at END,
+      status = CASE WHEN status = 'busy' AND (current_task_id IS NULL OR current_task_id = @task_id) THEN
+        CASE WHEN @result = 'fault' AND consecutive_failures + 1 >= @threshold THEN 'unhealthy' ELSE 'idle' END
+        ELSE status END,
+      unhealthy_since = CASE WHEN status = 'busy' AND (current_task_id IS NULL OR current_task_id = @task_id)
+        AND @result = 'fault' AND consecutive_failures + 1 >= @threshold THEN @now ELSE unhealthy_since END
+      WHERE id = @id RETURNING *`,
   heartbeat: `UPDATE tasks SET lease_expires_at = @expires WHERE status = 'running' AND lease_owner = @owner`,
   upsertInstance: `INSERT INTO instances (id, host, pid, started_at, heartbeat_at, slots_in_use, max_slots)
       VALUES (@id, @host, @pid, @started_at, @now, @slots_in_use, @max_slots)
@@ -366,6 +463,7 @@ const SQL = {
       heartbeat_at = excluded.heartbeat_at, slots_in_use = excluded.slots_in_use, max_slots = excluded.max_slots`,
   liveInstances: 'SELECT * FROM instances WHERE heartbeat_at >= @since ORDER BY started_at, id',
   removeInstance: 'DELETE FROM instances WHERE id = @id',
+  touchSync: 'UPDATE sync_marker SET at = @now WHERE id = 1',
   allBreakers: 'SELECT * FROM breakers ORDER BY task_type',
   breakerOf: 'SELECT * FROM breakers WHERE task_type = @task_type',
   openBreakers: "SELECT * FROM breakers WHERE state <> 'closed' ORDER BY task_type",
@@ -374,13 +472,14 @@ const SQL = {
       ON CONFLICT (task_type) DO UPDATE SET state = excluded.state, failures = excluded.failures,
       opened_at = excluded.opened_at, probe_task_id = excluded.probe_task_id, updated_at = excluded.updated_at`,
   freeProbe: 'UPDATE breakers SET probe_task_id = NULL, updated_at = @now WHERE probe_task_id = @task_id',
-  runningOfTypes: `SELECT task_type, COUNT(*) AS n FROM tasks WHERE status = 'running'
+  runningOfTypes: `SELECT task_type, COUNT(*) AS n FROM tasks INDEXED BY tasks_running_owner WHERE status = 'running'
       AND task_type IN (SELECT value FROM json_each(@types)) GROUP BY task_type`,
   cancelRequestedOf:
     "SELECT id FROM tasks WHERE status = 'running' AND lease_owner = @owner AND cancel_requested = 1 ORDER BY seq",
   saveCheckpoint: `UPDATE tasks SET checkpoint_json = @state, checkpoint_at = @now
       WHERE id = @id AND status = 'running' AND lease_token = @token`,
-  expired: "SELECT * FROM tasks WHERE status = 'running' AND lease_expires_at < @now ORDER BY seq",
+  expired: `SELECT * FROM tasks INDEXED BY tasks_running_owner WHERE status = 'running' AND lease_expires_at < @now
+      ORDER BY seq`,
   // Busy agents whose recorded task is not running on them (a crash between writes, a manual edit).
   stuckAgents: `SELECT * FROM agents a WHERE a.status = 'busy' AND NOT EXISTS (SELECT 1 FROM tasks t
       WHERE t.id = a.current_task_id AND t.status = 'running' AND t.agent_id = a.id) ORDER BY a.seq`,
@@ -399,7 +498,8 @@ const SQL = {
       finished_at = NULL, cancel_requested = 0 WHERE seq = @seq`,
   listAgents: `SELECT * FROM agents WHERE ${USER_FILTER} AND (@status IS NULL OR status = @status)
       AND (@type IS NULL OR agent_type = @type) ORDER BY created_at, seq`,
-  countTasks: `SELECT status, COUNT(*) AS n FROM tasks WHERE ${USER_FILTER} GROUP BY status`,
+  countTasksAll: 'SELECT status, n FROM status_counts',
+  countTasksOf: 'SELECT status, n FROM task_counts WHERE user_id = @user',
   countAgents: `SELECT status, COUNT(*) AS n FROM agents WHERE ${USER_FILTER} GROUP BY status`,
   unhealthyIds: `SELECT id FROM agents WHERE status = 'unhealthy' AND ${USER_FILTER} ORDER BY seq`,
   agentsCreated: `SELECT COUNT(*) AS n FROM agents WHERE ${USER_FILTER}`,
@@ -412,7 +512,7 @@ const SQL = {
       failed = failed + excluded.failed, cancelled = cancelled + excluded.cancelled,
       retried = retried + excluded.retried, execution_ms_total = execution_ms_total + excluded.execution_ms_total,
       execution_count = execution_count + excluded.execution_count`,
-  nextRunAt: `SELECT MIN(run_at) AS t FROM tasks WHERE status = 'queued' AND run_at > @now
+  nextRunAt: `SELECT MIN(run_at) AS t FROM tasks INDEXED BY tasks_queue WHERE status = 'queued' AND run_at > @now
       AND task_type NOT IN (SELECT value FROM json_each(@exclude))`,
   insertEvent: `INSERT INTO events (at_ms, kind, user_id, task_id, agent_id, data_json)
       VALUES (@at, @kind, @user, @task, @agent, @data)`,
@@ -450,10 +550,20 @@ export class SqliteStore implements Store {
   readonly kind = 'sqlite';
   private readonly db: Database.Database;
   private readonly s: Record<StatementName, Stmt>;
+  /** Inside settleBatch: type_stats increments summed per (user, type), written once at the end. */
+  private statsBatch: Map<string, StatsBump> | null = null;
+  /** Inside settleBatch: each type's breaker as this batch last left it. */
+  private breakerBatch: Map<string, BreakerRecord> | null = null;
+  /** True when commits are fsync'd (`synchronous: 'full'`, the default). */
+  private readonly fullSync: boolean;
+  /** Relaxed commits not yet fsync'd, and the timer that will. */
+  private unsynced = false;
+  private syncTimer: NodeJS.Timeout | null = null;
 
-  private constructor(db: Database.Database) {
+  private constructor(db: Database.Database, fullSync: boolean) {
     this.db = db;
     this.s = this.prepareAll();
+    this.fullSync = fullSync;
   }
 
   /** Opens (creating when missing) the database at `file`; `:memory:` gives a private in-memory store. */
@@ -468,7 +578,7 @@ export class SqliteStore implements Store {
       db.pragma(`synchronous = ${options.synchronous === 'normal' ? 'NORMAL' : 'FULL'}`);
       db.pragma('foreign_keys = ON');
       migrate(db);
-      return new SqliteStore(db);
+      return new SqliteStore(db, options.synchronous !== 'normal');
     } catch (error) {
       db.close();
       throw error;
@@ -501,6 +611,59 @@ export class SqliteStore implements Store {
     return this.get<{ n: number }>(name, params)?.n ?? 0;
   }
 
+  /**
+   * Like `write`, for transactions that acknowledge nothing to a client: leases, settles, heartbeats,
+   * instance entries, operator events. Committed at once (every process sees it, and a kill -9 loses
+   * nothing: the OS has the WAL) but without an fsync of its own (synchronous=NORMAL for this
+   * transaction); `syncSoon` fsyncs the WAL within SYNC_DELAY_MS, and any fully synchronous commit (a
+   * submit) does so earlier. The WAL is append-only, so a power cut can only roll back a suffix of these
+   * commits: a lease or settle lost that way leaves the task running on a lease that expires, and it is
+   * reclaimed and run again; nothing acknowledged is lost. Submits, cancels, requeues and checkpoints are
+   * fsync'd before they return.
+   */
+  private writeRelaxed<T>(fn: () => T): T {
+    if (!this.fullSync || !this.db.open) return this.write(fn);
+    // Not prepared statements: SQLite applies this pragma when it compiles it.
+    this.db.pragma('synchronous = NORMAL');
+    try {
+      return this.write(fn);
+    } finally {
+      if (this.db.open) {
+        this.db.pragma('synchronous = FULL');
+        this.syncSoon();
+      }
+    }
+  }
+
+  /** A fully synchronous write; it also makes every earlier relaxed commit durable. */
+  private writeDurable<T>(fn: () => T): T {
+    const result = this.write(fn);
+    this.unsynced = false;
+    return result;
+  }
+
+  /** Makes sure the relaxed commits made so far are fsync'd within SYNC_DELAY_MS. */
+  private syncSoon(): void {
+    this.unsynced = true;
+    if (this.syncTimer !== null) return;
+    this.syncTimer = setTimeout(() => {
+      this.syncTimer = null;
+      this.syncNow();
+    }, SYNC_DELAY_MS);
+    this.syncTimer.unref();
+  }
+
+  /** Fsyncs the WAL now (one fully synchronous commit of a one-row table) unless nothing is pending. */
+  private syncNow(): void {
+    if (!this.unsynced || !this.db.open) return;
+    try {
+      this.writeDurable(() => this.run('touchSync', { now: Date.now() }));
+    } catch {
+      // Busy or closing: try again shortly.
+      this.syncSoon();
+    }
+  }
+
   /** Runs `fn` in one BEGIN IMMEDIATE transaction; a lock held too long becomes StoreUnavailableError. */
   private write<T>(fn: () => T): T {
     return this.guard(() => this.db.transaction(fn).immediate());
@@ -531,9 +694,10 @@ export class SqliteStore implements Store {
     return this.get<AgentRow>('agentById', { id, user: null });
   }
 
+  /** Adds to a (user, type) row of `type_stats`; inside a settle batch, once per row at the end of the batch. */
   private bumpStats(userId: string, taskType: string, delta: StatsDelta): void {
     const executed = delta.executionMs !== undefined;
-    this.run('bumpStats', {
+    const row: StatsBump = {
       user: userId,
       type: taskType,
       succeeded: delta.succeeded ?? 0,
@@ -542,7 +706,24 @@ export class SqliteStore implements Store {
       retried: delta.retried ?? 0,
       ms: executed ? Math.max(0, delta.executionMs ?? 0) : 0,
       count: executed ? 1 : 0,
-    });
+    };
+    const batch = this.statsBatch;
+    if (batch === null) {
+      this.run('bumpStats', { ...row });
+      return;
+    }
+    const key = `${userId}\u0000${taskType}`;
+    const sum = batch.get(key);
+    if (sum === undefined) {
+      batch.set(key, row);
+      return;
+    }
+    sum.succeeded += row.succeeded;
+    sum.failed += row.failed;
+    sum.cancelled += row.cancelled;
+    sum.retried += row.retried;
+    sum.ms += row.ms;
+    sum.count += row.count;
   }
 
   private writeAgent(row: AgentRow): void {
@@ -575,7 +756,7 @@ export class SqliteStore implements Store {
 
   /** Inserts tasks in one transaction, checking admission per task in order. */
   async submitBatch(tasks: readonly NewTask[], limits: AdmissionLimits): Promise<SubmitOutcome[]> {
-    return this.write(() => {
+    return this.writeDurable(() => {
       // Counted once per batch and carried forward, so a batch of n costs n inserts, not n counts.
       let queued = this.count('countQueued', {});
       const active = new Map<string, number>();
@@ -621,7 +802,7 @@ export class SqliteStore implements Store {
 
   /** Leases up to `limit` eligible tasks in one transaction, in priority-key order (see LeaseRequest). */
   async leaseBatch(request: LeaseRequest): Promise<LeasedTask[]> {
-    return this.write(() => this.leaseInTransaction(request));
+    return this.writeRelaxed(() => this.leaseInTransaction(request));
   }
 
   private leaseInTransaction(request: LeaseRequest): LeasedTask[] {
@@ -658,24 +839,46 @@ export class SqliteStore implements Store {
     const exclude = JSON.stringify([...excluded]);
     // (user, type) pairs with no idle agent and no room for a new one: skip their other tasks cheaply.
     const blocked = new Set<string>();
+    // Idle agents read ahead per (user, type) pair, least recently used first; each is used once.
+    const idle = new Map<string, AgentRow[]>();
+    // One random prefix per call; a counter makes each token of the call unique.
+    const tokenPrefix = randomBytes(12).toString('hex');
+    const headroom = request.headroom ?? {};
+    // The lowest priority that may still be leased in this call; null when none may.
+    const lowestAllowed = (): Priority | null => {
+      let lowest: Priority | null = null;
+      for (const p of PRIORITIES) if (leased.length + (headroom[p] ?? 0) < request.limit) lowest = p;
+      return lowest;
+    };
     const perType = new Map<string, number>();
     const maxScan = Math.max(LEASE_SCAN_MIN, request.limit * 10);
     let scanned = 0;
     let afterKey = Number.MAX_SAFE_INTEGER;
     let afterSeq = 0;
     while (leased.length < request.limit && scanned < maxScan) {
-      const page = this.all<TaskRow>('leaseCandidates', {
+      const page = this.all<CandidateRow>('leaseCandidates', {
         now,
         exclude,
         key: afterKey,
         seq: afterSeq,
         page: LEASE_PAGE,
       });
+      let done = false;
       for (const row of page) {
         if (leased.length >= request.limit) break;
         scanned++;
         afterKey = row.priority_key;
         afterSeq = row.seq;
+        if (leased.length + (headroom[row.priority] ?? 0) >= request.limit) {
+          // Kept free for more urgent work. Keys only fall along the scan: once below the smallest key
+          // the lowest still-allowed priority can have (enqueued a minute from now), nothing later fits.
+          const lowest = lowestAllowed();
+          if (lowest === null || row.priority_key < priorityKey(lowest, now + 60_000)) {
+            done = true;
+            break;
+          }
+          continue;
+        }
         const cap = Math.min(
           request.typeCaps[row.task_type] ?? Number.POSITIVE_INFINITY,
           probes.has(row.task_type) ? 1 : Number.POSITIVE_INFINITY,
@@ -685,7 +888,16 @@ export class SqliteStore implements Store {
         if (used >= cap) continue;
         const pair = `${row.user_id}\u0000${row.task_type}`;
         if (blocked.has(pair)) continue;
-        let agent = this.get<AgentRow>('pickAgent', { user: row.user_id, type: row.task_type });
+        let ahead = idle.get(pair);
+        if (ahead === undefined || ahead.length === 0) {
+          ahead = this.all<AgentRow>('pickAgents', {
+            user: row.user_id,
+            type: row.task_type,
+            n: Math.min(LEASE_PAGE, request.limit - leased.length),
+          }).reverse();
+          idle.set(pair, ahead);
+        }
+        let agent = ahead.pop();
         let agentCreated = false;
         if (!agent) {
           if (this.count('countUserAgents', { user: row.user_id }) >= request.maxAgentsPerUser) {
@@ -695,7 +907,7 @@ export class SqliteStore implements Store {
           agent = this.createAgentRow(row.user_id, row.task_type, request.newAgentId(), now);
           agentCreated = true;
         }
-        const token = randomBytes(16).toString('hex');
+        const token = tokenPrefix + leased.length.toString(16).padStart(8, '0');
         this.run('leaseTask', {
           seq: row.seq,
           agent_id: agent.id,
@@ -704,38 +916,20 @@ export class SqliteStore implements Store {
           token,
           expires: now + request.leaseMs,
         });
-        this.run('insertAttempt', {
-          task_id: row.id,
-          attempt: row.attempts + 1,
-          agent_id: agent.id,
-          owner: request.owner,
-          now,
-        });
         this.run('occupyAgent', { seq: agent.seq, task_id: row.id, now });
         // The views are the rows as just updated; reading them back would cost two queries per task.
-        const task: TaskRow = {
-          ...row,
-          status: 'running',
-          attempts: row.attempts + 1,
-          agent_id: agent.id,
-          started_at: now,
-          finished_at: null,
-          lease_owner: request.owner,
-          lease_token: token,
-          lease_expires_at: now + request.leaseMs,
-        };
         leased.push({
-          task: toTaskView(task),
+          task: leasedTaskView(row, agent.id, now),
           token,
           agent: toAgentView({ ...agent, status: 'busy', current_task_id: row.id, last_used_at: now }),
           agentCreated,
-          checkpointJson: task.checkpoint_json,
+          checkpointJson: row.checkpoint_json,
         });
         perType.set(row.task_type, used + 1);
         const probe = probes.get(row.task_type);
         if (probe) this.saveBreaker({ ...probe, probeTaskId: row.id }, now);
       }
-      if (page.length < LEASE_PAGE) break;
+      if (done || page.length < LEASE_PAGE) break;
     }
     return leased;
   }
@@ -761,7 +955,7 @@ export class SqliteStore implements Store {
     leaseMs: number,
     instance?: InstanceBeat,
   ): Promise<{ cancelRequested: string[] }> {
-    return this.write(() => {
+    return this.writeRelaxed(() => {
       this.run('heartbeat', { owner, expires: nowMs + leaseMs });
       if (instance) {
         this.run('upsertInstance', {
@@ -796,7 +990,7 @@ export class SqliteStore implements Store {
 
   /** Forgets a process (it stopped cleanly). */
   async removeInstance(owner: string): Promise<void> {
-    this.write(() => this.run('removeInstance', { id: owner }));
+    this.writeRelaxed(() => this.run('removeInstance', { id: owner }));
   }
 
   /** Every type's breaker as of `nowMs` (an open breaker past its timeout reads half-open). */
@@ -819,7 +1013,19 @@ export class SqliteStore implements Store {
 
   /** Settles attempts in one transaction, each fenced by its lease token (see Store.settleBatch). */
   async settleBatch(requests: readonly SettleRequest[], rules: HealthRules): Promise<SettleResult[]> {
-    return this.write(() => requests.map((request) => this.settleOne(request, rules)));
+    return this.writeRelaxed(() => {
+      // Totals are summed per (user, type) and each breaker is read once per batch.
+      this.statsBatch = new Map();
+      this.breakerBatch = new Map();
+      try {
+        const results = requests.map((request) => this.settleOne(request, rules));
+        for (const row of this.statsBatch.values()) this.run('bumpStats', { ...row });
+        return results;
+      } finally {
+        this.statsBatch = null;
+        this.breakerBatch = null;
+      }
+    });
   }
 
   /**
@@ -832,8 +1038,11 @@ export class SqliteStore implements Store {
     rules: BreakerRules,
   ): BreakerRecord | undefined {
     if (request.breaker === undefined) return undefined;
-    const row = this.get<BreakerRow>('breakerOf', { task_type: taskType });
-    const before = row ? toBreaker(row) : closedBreaker(taskType);
+    let before = this.breakerBatch?.get(taskType);
+    if (before === undefined) {
+      const row = this.get<BreakerRow>('breakerOf', { task_type: taskType });
+      before = row ? toBreaker(row) : closedBreaker(taskType);
+    }
     const after = applyVerdict(
       advanceBreaker(before, request.nowMs, rules),
       request.breaker,
@@ -841,33 +1050,40 @@ export class SqliteStore implements Store {
       request.nowMs,
       rules,
     );
+    this.breakerBatch?.set(taskType, after);
     if (!breakerChanged(before, after)) return undefined;
     this.saveBreaker(after, request.nowMs);
     return after;
   }
 
   private settleOne(request: SettleRequest, rules: HealthRules): SettleResult {
+    const now = request.nowMs;
+    const settlement = request.settlement;
+    if (settlement.kind === 'succeeded') {
+      // The common case in one statement: fenced update, and the columns the rest of the settle needs.
+      const done = this.get<SettledRow>('settleSucceeded', {
+        id: request.taskId,
+        token: request.token,
+        result_json: settlement.resultJson,
+        now,
+      });
+      if (!done) return { ok: false, agentBecameUnhealthy: false };
+      const startedAt = done.started_at ?? now;
+      const executionMs = Math.max(0, now - startedAt);
+      this.bumpStats(done.user_id, done.task_type, { succeeded: 1, executionMs });
+      return this.finishSettle(request, rules, done, startedAt, 'succeeded', null, executionMs, 'success');
+    }
     const task = this.get<TaskRow>('taskForSettle', { id: request.taskId, token: request.token });
     if (!task) return { ok: false, agentBecameUnhealthy: false };
-    const now = request.nowMs;
-    const attempt = this.get<AttemptRow>('runningAttempt', { task_id: task.id });
-    const executionMs = Math.max(0, now - (attempt?.started_at ?? task.started_at ?? now));
-    const settlement = request.settlement;
+    const attempted: SettledRow = { ...task };
+    const startedAt = task.started_at ?? now;
+    const executionMs = Math.max(0, now - startedAt);
     const cancelRequested = task.cancel_requested === 1;
     let outcome: AttemptView['outcome'];
     let attemptError: string | null = null;
     let countedMs: number | null = null;
-    let agentResult: 'success' | 'fault' | 'failure' | 'none';
+    let agentResult: AgentResult;
     switch (settlement.kind) {
-      case 'succeeded':
-        task.status = 'succeeded';
-        task.result_json = settlement.resultJson;
-        task.finished_at = now;
-        outcome = 'succeeded';
-        countedMs = executionMs;
-        agentResult = 'success';
-        this.bumpStats(task.user_id, task.task_type, { succeeded: 1, executionMs });
-        break;
       case 'retry':
         task.error = settlement.error;
         attemptError = settlement.error;
@@ -920,62 +1136,63 @@ export class SqliteStore implements Store {
         break;
     }
     this.writeTask(task);
+    return this.finishSettle(
+      request,
+      rules,
+      attempted,
+      startedAt,
+      outcome,
+      attemptError,
+      countedMs,
+      agentResult,
+    );
+  }
+
+  /** The rest of a settle once the task row is written: breaker, the attempt's row, the agent's health. */
+  private finishSettle(
+    request: SettleRequest,
+    rules: HealthRules,
+    task: SettledRow,
+    startedAt: number,
+    outcome: AttemptView['outcome'],
+    attemptError: string | null,
+    countedMs: number | null,
+    agentResult: AgentResult,
+  ): SettleResult {
+    const now = request.nowMs;
     const breaker = this.applyBreakerVerdict(
       task.task_type,
       request,
       rules.breakerRules ?? SPEC_BREAKER_RULES,
     );
     const changed = breaker ? { breaker } : {};
-    if (attempt) {
-      this.run('finishAttempt', {
-        id: attempt.id,
-        now,
-        outcome,
-        error: attemptError,
-        execution_ms: countedMs,
-      });
-    }
+    this.run('insertAttempt', {
+      task_id: request.taskId,
+      attempt: task.attempts,
+      agent_id: task.agent_id,
+      owner: task.lease_owner,
+      started_at: startedAt,
+      now,
+      outcome,
+      error: attemptError,
+      execution_ms: countedMs,
+    });
     if (task.agent_id === null) return { ok: true, agentBecameUnhealthy: false, ...changed };
-    const agent = this.agentById(task.agent_id);
+    // One statement: frees the agent (unless retired) and applies the attempt to its health.
+    const agent = this.get<AgentRow>('settleAgent', {
+      id: task.agent_id,
+      task_id: request.taskId,
+      result: agentResult,
+      executed: agentResult === 'none' ? 0 : 1,
+      succeeded: agentResult === 'success' ? 1 : 0,
+      threshold: rules.unhealthyThreshold,
+      now,
+    });
     if (!agent) return { ok: true, agentBecameUnhealthy: false, ...changed };
-    const becameUnhealthy = this.applyAgentResult(agent, task.id, agentResult, now, rules);
+    // A valid settle finds its agent busy (or retired): `unhealthy` now means this settle made it so.
+    const becameUnhealthy =
+      agentResult === 'fault' && agent.status === 'unhealthy' && agent.unhealthy_since === now;
     return { ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy, ...changed };
-  }
-
-  /** Updates an agent's health for one finished attempt; mutates `agent` and returns true when it turned unhealthy. */
-  private applyAgentResult(
-    agent: AgentRow,
-    taskId: string,
-    result: 'success' | 'fault' | 'failure' | 'none',
-    nowMs: number,
-    rules: HealthRules,
-  ): boolean {
-    let becameUnhealthy = false;
-    if (agent.current_task_id === taskId) agent.current_task_id = null;
-    if (result === 'success') {
-      agent.total_executions++;
-      agent.successful_executions++;
-      agent.consecutive_failures = 0;
-      agent.last_success_at = nowMs;
-    } else if (result === 'fault') {
-      agent.total_executions++;
-      agent.consecutive_failures++;
-      agent.last_failure_at = nowMs;
-    } else if (result === 'failure') {
-      agent.total_executions++;
-    }
-    // Only a busy agent running this task goes back to idle; retired stays retired.
-    if (agent.status === 'busy' && agent.current_task_id === null) {
-      if (result === 'fault' && agent.consecutive_failures >= rules.unhealthyThreshold) {
-        agent.status = 'unhealthy';
-        agent.unhealthy_since = nowMs;
-        becameUnhealthy = true;
-      } else {
-        agent.status = 'idle';
-      }
-    }
-    this.writeAgent(agent);
-    return becameUnhealthy;
   }
 
   /** Saves an executor's checkpoint, fenced by the token. */
@@ -992,16 +1209,17 @@ export class SqliteStore implements Store {
       for (const task of this.all<TaskRow>('expired', { now: nowMs })) {
         const owner = task.lease_owner;
         const error = `lease of ${owner ?? 'unknown owner'} expired before the attempt finished`;
-        const attempt = this.get<AttemptRow>('runningAttempt', { task_id: task.id });
-        if (attempt) {
-          this.run('finishAttempt', {
-            id: attempt.id,
-            now: nowMs,
-            outcome: 'lost',
-            error,
-            execution_ms: null,
-          });
-        }
+        this.run('insertAttempt', {
+          task_id: task.id,
+          attempt: task.attempts,
+          agent_id: task.agent_id,
+          owner,
+          started_at: task.started_at ?? nowMs,
+          now: nowMs,
+          outcome: 'lost',
+          error,
+          execution_ms: null,
+        });
         task.error = error;
         // attempts counts executions; max_retries counts re-runs after the first.
         const exhausted = task.attempts > task.max_retries;
@@ -1084,8 +1302,19 @@ export class SqliteStore implements Store {
     return this.guard(() => {
       const row = this.get<TaskRow>('taskById', { id, user: userId });
       if (!row) return null;
-      const attempts = this.all<AttemptRow>('attemptsOf', { task_id: row.id });
-      return { ...toTaskView(row), attempt_history: attempts.map(toAttemptView) };
+      const history = this.all<AttemptRow>('attemptsOf', { task_id: row.id }).map(toAttemptView);
+      // A running attempt has no row of its own until it ends: the task row describes it.
+      if (row.status === 'running' && row.started_at !== null) {
+        history.push({
+          attempt: row.attempts,
+          agent_id: row.agent_id,
+          started_at: new Date(row.started_at).toISOString(),
+          finished_at: null,
+          outcome: 'running',
+          error: null,
+        });
+      }
+      return { ...toTaskView(row), attempt_history: history };
     });
   }
 
@@ -1215,9 +1444,11 @@ export class SqliteStore implements Store {
   async countTasks(userId: string | null): Promise<StatusCounts> {
     return this.guard(() => {
       const counts = Object.fromEntries(TASK_STATUSES.map((s) => [s, 0])) as StatusCounts;
-      for (const row of this.all<{ status: TaskStatus; n: number }>('countTasks', { user: userId })) {
-        counts[row.status] = row.n;
-      }
+      const rows =
+        userId === null
+          ? this.all<{ status: TaskStatus; n: number }>('countTasksAll', {})
+          : this.all<{ status: TaskStatus; n: number }>('countTasksOf', { user: userId });
+      for (const row of rows) counts[row.status] = row.n;
       return counts;
     });
   }
@@ -1266,7 +1497,7 @@ export class SqliteStore implements Store {
   /** Keeps events for operators, in one transaction. */
   async recordEvents(events: readonly StoredEvent[]): Promise<void> {
     if (events.length === 0) return;
-    this.write(() => {
+    this.writeRelaxed(() => {
       for (const e of events) {
         this.run('insertEvent', {
           at: e.atMs,
@@ -1314,6 +1545,9 @@ export class SqliteStore implements Store {
 
   /** Closes the database file. Idempotent. */
   async close(): Promise<void> {
+    if (this.syncTimer !== null) clearTimeout(this.syncTimer);
+    this.syncTimer = null;
+    this.syncNow();
     if (this.db.open) this.db.close();
   }
 }

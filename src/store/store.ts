@@ -84,6 +84,14 @@ export interface LeaseRequest {
   maxAgentsPerUser: number;
   /** Makes the id of an agent the store creates; may be called more often than agents are created. */
   newAgentId: () => string;
+  /**
+   * Optional slots to keep free for more urgent work, by priority (absent: 0): a task of priority `p` is
+   * leased only while at least `headroom[p]` of the `limit` slots stay free after it. With `{ low: 4 }`
+   * a backlog of low tasks never fills the last 4 slots, so an urgent task starts at once instead of
+   * waiting for a low one to finish. Order is unchanged: tasks are still considered in priority-key
+   * order. A store that does not implement it leases as if it were absent.
+   */
+  headroom?: Readonly<Partial<Record<Priority, number>>>;
 }
 
 /** A task this process now holds a lease on. */
