@@ -59,6 +59,13 @@ export function lowPriorityHeadroom(maxConcurrentTasks: number): number {
   return Math.floor(maxConcurrentTasks / 50);
 }
 
+/** An attempt that finished but whose settle could not be written (the store was unreachable). */
+interface PendingSettle {
+  leased: LeasedTask;
+  settlement: Settlement;
+  usage: TokenUsage | undefined;
+}
+
 const SETTLE_EVENT: Record<Settlement['kind'], FleetEventType> = {
   succeeded: 'task.succeeded',
   retry: 'task.retrying',
@@ -88,6 +95,12 @@ export class QueueProcessor {
   private deadlineTimer: TimerHandle | null = null;
   private deadlineAt = Number.POSITIVE_INFINITY;
   private readonly headroom: { low: number };
+  /**
+   * Settles that failed, by task id. The heartbeat keeps renewing their leases, so each is written
+   * again after the next heartbeat that reaches the store; if the store stays away, the lease runs out,
+   * another process takes the task back and the late settle is refused by its token.
+   */
+  private readonly unsettled = new Map<string, PendingSettle>();
 
   constructor(private readonly deps: ProcessorDeps) {
     this.settler = new Batcher((requests) =>
@@ -166,6 +179,7 @@ export class QueueProcessor {
     this.deadlineTimer = null;
     this.deadlineAt = Number.POSITIVE_INFINITY;
     await this.heartbeatRun;
+    await this.retryUnsettled();
     await this.settler.idle();
   }
 
@@ -364,18 +378,14 @@ export class QueueProcessor {
       settlement = this.classify(leased, error);
     }
     try {
-      const result = await this.settler.push({
-        taskId: task.id,
-        token,
-        nowMs: clock.now(),
-        settlement,
-        breaker: verdictOf(settlement),
-      });
-      if (result.breaker) this.deps.breakers.update(result.breaker);
-      this.report(leased, settlement, result, usage);
+      await this.settle({ leased, settlement, usage });
     } catch (error) {
-      // The store is unreachable: the lease will run out and the recovery monitor takes the task back.
-      logger.error({ err: error, task_id: task.id }, 'could not settle an attempt; its lease will expire');
+      // The store is unreachable: the outcome is kept and written after the next heartbeat that works.
+      this.unsettled.set(task.id, { leased, settlement, usage });
+      logger.error(
+        { err: error, task_id: task.id },
+        'could not settle an attempt; retrying after the next heartbeat',
+      );
     } finally {
       this.running.delete(task.id);
       if (this.running.size === 0) {
@@ -386,6 +396,39 @@ export class QueueProcessor {
       }
       this.deps.slots.release(1);
     }
+  }
+
+  /** Writes one attempt's outcome (group-committed) and reports it. */
+  private async settle(pending: PendingSettle): Promise<void> {
+    const { leased, settlement, usage } = pending;
+    const result = await this.settler.push({
+      taskId: leased.task.id,
+      token: leased.token,
+      nowMs: this.deps.options.clock.now(),
+      settlement,
+      breaker: verdictOf(settlement),
+    });
+    if (result.breaker) this.deps.breakers.update(result.breaker);
+    this.report(leased, settlement, result, usage);
+  }
+
+  /** Writes the settles that failed earlier; those that fail again stay for the next heartbeat. */
+  private async retryUnsettled(): Promise<void> {
+    if (this.unsettled.size === 0) return;
+    const pending = [...this.unsettled];
+    await Promise.all(
+      pending.map(async ([id, entry]) => {
+        try {
+          await this.settle(entry);
+          this.unsettled.delete(id);
+        } catch (error) {
+          this.deps.options.logger.warn(
+            { err: error, task_id: id },
+            'settle retry failed; trying again later',
+          );
+        }
+      }),
+    );
   }
 
   /** Decides what a failed or interrupted attempt becomes. */
@@ -483,7 +526,10 @@ export class QueueProcessor {
       for (const id of cancelRequested) this.cancelLocal(id);
     } catch (error) {
       options.logger.error({ err: error }, 'lease heartbeat failed');
+      return;
     }
+    // The store answers again: write what could not be written before.
+    await this.retryUnsettled();
   }
 }
 

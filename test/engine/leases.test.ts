@@ -1,7 +1,10 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
+import { StoreUnavailableError } from '../../src/domain/errors.js';
 import { ManualClock } from '../../src/engine/clock.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
-import { openFleet, type TestFleet } from '../support/fleet.js';
+import type { Store } from '../../src/store/store.js';
+import { openFleet, type TestFleet, tempDir } from '../support/fleet.js';
 import { gate, waitFor } from '../support/wait.js';
 
 describe('leases and fencing', () => {
@@ -52,5 +55,50 @@ describe('leases and fencing', () => {
     expect(after.status).toBe('succeeded');
     expect(after.result).toEqual({ by: 'B' });
     expect(after.attempt_history.map((x) => x.outcome)).toEqual(['lost', 'succeeded']);
+  });
+  it('keeps an outcome whose settle failed and writes it after the next heartbeat, instead of leaving the task running', async () => {
+    const folder = tempDir();
+    const path = join(folder.dir, 'fleet.db');
+    // The store refuses the first settle, as an unreachable or locked database would.
+    const real = SqliteStore.open(path);
+    let refused = 0;
+    const flaky = new Proxy(real, {
+      get(target, key, receiver) {
+        if (key === 'settleBatch') {
+          return (...args: Parameters<Store['settleBatch']>) => {
+            if (refused === 0) {
+              refused++;
+              return Promise.reject(new StoreUnavailableError('database unreachable'));
+            }
+            return target.settleBatch(...args);
+          };
+        }
+        const value: unknown = Reflect.get(target, key, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const clock = new ManualClock();
+    const fleet = openFleet({ store: flaky, clock, leaseMs: 30_000 }, path);
+    fleets.push(fleet);
+    onTestFinished(() => folder.remove());
+    fleet.manager.handle('Work', async () => ({ done: true }));
+    const task = await fleet.manager.submit({ task_type: 'Work', description: 'settle me' });
+    await fleet.manager.start();
+    await waitFor(() => refused === 1, 'the first settle to be refused');
+    await waitFor(
+      async () => (await fleet.manager.queueStatus()).concurrent_tasks === 0,
+      'the slot to be freed',
+    );
+    expect((await real.getTask(task.id, null))?.status).toBe('running');
+
+    // The heartbeat (every third of the lease) reaches the store again and the outcome is written.
+    await clock.advance(10_000);
+    const done = await waitFor(async () => {
+      const t = await fleet.manager.getTask(task.id);
+      return t.status === 'succeeded' ? t : null;
+    }, 'the kept outcome to be written');
+    expect(done.result).toEqual({ done: true });
+    expect(done.attempts).toBe(1);
+    expect(done.attempt_history.map((x) => x.outcome)).toEqual(['succeeded']);
   });
 });
