@@ -42,6 +42,7 @@ import {
   type TaskStatus,
   type TaskView,
 } from '../domain/task.js';
+import { type AgentResult, applySettlement, type StatsDelta } from './settle-rules.js';
 import { SQLITE_MIGRATIONS } from './sqlite-migrations.js';
 import type {
   AdmissionLimits,
@@ -224,9 +225,6 @@ type SettledRow = Pick<
   'user_id' | 'task_type' | 'attempts' | 'agent_id' | 'started_at' | 'lease_owner'
 >;
 
-/** What an attempt does to its agent's health. */
-type AgentResult = 'success' | 'fault' | 'failure' | 'none';
-
 /** One row's increments of `type_stats`, as bound to the `bumpStats` statement. */
 interface StatsBump {
   user: string;
@@ -240,13 +238,6 @@ interface StatsBump {
 }
 
 /** Increments of one row of `type_stats`. */
-interface StatsDelta {
-  succeeded?: number;
-  failed?: number;
-  cancelled?: number;
-  retried?: number;
-  executionMs?: number;
-}
 
 const TASK_UPDATE_SQL = `UPDATE tasks SET status = @status, attempts = @attempts, run_at = @run_at, error = @error,
   result_json = @result_json, finished_at = @finished_at, cancel_requested = @cancel_requested,
@@ -1078,73 +1069,18 @@ export class SqliteStore implements Store {
     const attempted: SettledRow = { ...task };
     const startedAt = task.started_at ?? now;
     const executionMs = Math.max(0, now - startedAt);
-    const cancelRequested = task.cancel_requested === 1;
-    let outcome: AttemptView['outcome'];
-    let attemptError: string | null = null;
-    let countedMs: number | null = null;
-    let agentResult: AgentResult;
-    switch (settlement.kind) {
-      case 'retry':
-        task.error = settlement.error;
-        attemptError = settlement.error;
-        agentResult = settlement.agentFault ? 'fault' : 'failure';
-        if (cancelRequested) {
-          // The owner asked to stop it: running it again would ignore that.
-          task.status = 'cancelled';
-          task.finished_at = now;
-          outcome = 'cancelled';
-          this.bumpStats(task.user_id, task.task_type, { cancelled: 1 });
-        } else {
-          task.status = 'queued';
-          task.run_at = settlement.runAtMs;
-          outcome = 'failed';
-          countedMs = executionMs;
-          this.bumpStats(task.user_id, task.task_type, { retried: 1, executionMs });
-        }
-        break;
-      case 'failed':
-        task.status = 'failed';
-        task.error = settlement.error;
-        task.finished_at = now;
-        attemptError = settlement.error;
-        outcome = 'failed';
-        countedMs = executionMs;
-        agentResult = settlement.agentFault ? 'fault' : 'failure';
-        this.bumpStats(task.user_id, task.task_type, { failed: 1, executionMs });
-        break;
-      case 'cancelled':
-        task.status = 'cancelled';
-        task.finished_at = now;
-        outcome = 'cancelled';
-        agentResult = 'none';
-        this.bumpStats(task.user_id, task.task_type, { cancelled: 1 });
-        break;
-      case 'released':
-        agentResult = 'none';
-        if (cancelRequested) {
-          // A shutdown must not resurrect a task its owner already asked to cancel.
-          task.status = 'cancelled';
-          task.finished_at = now;
-          outcome = 'cancelled';
-          this.bumpStats(task.user_id, task.task_type, { cancelled: 1 });
-        } else {
-          task.status = 'queued';
-          task.attempts = Math.max(0, task.attempts - 1);
-          task.run_at = now;
-          outcome = 'released';
-        }
-        break;
-    }
+    const effect = applySettlement(task, settlement, now, executionMs, task.cancel_requested === 1);
+    this.bumpStats(task.user_id, task.task_type, effect.stats);
     this.writeTask(task);
     return this.finishSettle(
       request,
       rules,
       attempted,
       startedAt,
-      outcome,
-      attemptError,
-      countedMs,
-      agentResult,
+      effect.outcome,
+      effect.attemptError,
+      effect.countedMs,
+      effect.agentResult,
     );
   }
 
