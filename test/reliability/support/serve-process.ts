@@ -5,24 +5,13 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
+import { freePort } from '../../support/net.js';
 import { waitFor } from '../../support/wait.js';
 
-const ROOT = resolve(import.meta.dirname, '../../..');
+export { freePort };
 
-/** Asks the OS for a free TCP port on 127.0.0.1. */
-export async function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const server = createServer();
-    server.once('error', fail);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => done(port));
-    });
-  });
-}
+const ROOT = resolve(import.meta.dirname, '../../..');
 
 /** Writes `config` as JSON to `dir/name` and returns the path. */
 export function writeConfig(dir: string, name: string, config: Record<string, unknown>): string {
