@@ -298,15 +298,16 @@ function foldVerdicts(
  * change nothing (the happy path: successes on a closed breaker with no failures, or no row at all)
  * reads the row without locking and writes nothing; otherwise the row is locked (inserted on a first
  * failure), the verdicts are applied to its latest version and the result is written once. Returns
- * the record after each verdict that changed it, by request index.
+ * the record after each verdict that changed it, by request index. `unlocked` is the row as read
+ * without locking in this transaction (undefined: no row).
  */
 async function applyBreakerVerdicts(
   tx: Db,
   taskType: string,
+  unlocked: BreakerRow | undefined,
   verdicts: readonly PendingVerdict[],
   rules: BreakerRules,
 ): Promise<Map<number, BreakerRecord>> {
-  const unlocked = await q.breakerOf(tx, taskType);
   const guess = foldVerdicts(unlocked ? toBreaker(unlocked) : closedBreaker(taskType), verdicts, rules);
   if (guess.changes.size === 0) return guess.changes;
   for (;;) {
@@ -620,37 +621,75 @@ export class PostgresStore implements Store {
   async submitBatch(tasks: readonly NewTask[], limits: AdmissionLimits): Promise<SubmitOutcome[]> {
     if (tasks.length === 0) return [];
     return this.run('tx', async (tx) => {
-      // Serialises admission across processes so capacity and per-user counts are exact.
-      await q.lockNamed(tx, 'admission');
-      let queued = await q.countQueued(tx);
+      // Serialises admission across processes so capacity and per-user counts are exact. The reads
+      // are sent with the lock (pipelined on the transaction's connection) and run after it, in order;
+      // the inserts are then sent together. The checks below are the one-task-at-a-time checks, with
+      // this batch's own inserts counted in memory.
+      const keyOf = (userId: string, key: string) => `${userId}\u0000${key}`;
+      const keyed = new Map<string, NewTask>();
+      for (const task of tasks) {
+        if (task.idempotencyKey === null) continue;
+        const k = keyOf(task.userId, task.idempotencyKey);
+        if (!keyed.has(k)) keyed.set(k, task);
+      }
+      const users = [...new Set(tasks.map((t) => t.userId))];
+      const [, queuedNow, userCounts, existingRows] = await Promise.all([
+        q.lockNamed(tx, 'admission'),
+        q.countQueued(tx),
+        Promise.all(users.map((u) => q.countUserActive(tx, u))),
+        Promise.all([...keyed.values()].map((t) => q.taskByKey(tx, t.userId, t.idempotencyKey ?? ''))),
+      ]);
+      const existing = new Map<string, TaskRow>();
+      for (const row of existingRows) {
+        if (row && row.idempotency_key !== null) existing.set(keyOf(row.user_id, row.idempotency_key), row);
+      }
       const active = new Map<string, number>();
-      const outcomes: SubmitOutcome[] = [];
-      let inserted = 0;
+      for (const [i, u] of users.entries()) active.set(u, userCounts[i] ?? 0);
+      let queued = queuedNow;
+      // Per task: its outcome, or the index of the insert (of this batch) it is or duplicates.
+      const plan: ({ outcome: SubmitOutcome } | { insert: number; duplicate: boolean })[] = [];
+      const inserts: NewTask[] = [];
+      // Idempotency keys inserted by this batch, with their insert's index.
+      const insertedKeys = new Map<string, number>();
       for (const task of tasks) {
         if (task.idempotencyKey !== null) {
-          const existing = await q.taskByKey(tx, task.userId, task.idempotencyKey);
-          if (existing) {
-            outcomes.push({ ok: true, task: toTaskView(existing), duplicate: true });
+          const k = keyOf(task.userId, task.idempotencyKey);
+          const row = existing.get(k);
+          if (row) {
+            plan.push({ outcome: { ok: true, task: toTaskView(row), duplicate: true } });
+            continue;
+          }
+          const earlier = insertedKeys.get(k);
+          if (earlier !== undefined) {
+            plan.push({ insert: earlier, duplicate: true });
             continue;
           }
         }
-        let userActive = active.get(task.userId);
-        if (userActive === undefined) userActive = await q.countUserActive(tx, task.userId);
+        const userActive = active.get(task.userId) ?? 0;
         if (queued >= limits.queueCapacity) {
-          outcomes.push({ ok: false, error: new QueueFullError(limits.queueCapacity) });
+          plan.push({ outcome: { ok: false, error: new QueueFullError(limits.queueCapacity) } });
         } else if (userActive >= limits.maxTasksPerUser) {
-          outcomes.push({ ok: false, error: new UserTaskLimitError(limits.maxTasksPerUser) });
+          plan.push({ outcome: { ok: false, error: new UserTaskLimitError(limits.maxTasksPerUser) } });
         } else {
-          const row = await q.insertTask(tx, task);
+          if (task.idempotencyKey !== null) {
+            insertedKeys.set(keyOf(task.userId, task.idempotencyKey), inserts.length);
+          }
+          plan.push({ insert: inserts.length, duplicate: false });
+          inserts.push(task);
           queued++;
-          userActive++;
-          inserted++;
-          outcomes.push({ ok: true, task: toTaskView(row), duplicate: false });
+          active.set(task.userId, userActive + 1);
         }
-        active.set(task.userId, userActive);
       }
-      if (inserted > 0) await q.notify(tx, this.channel, this.instanceId);
-      return outcomes;
+      const [rows] = await Promise.all([
+        Promise.all(inserts.map((task) => q.insertTask(tx, task))),
+        inserts.length > 0 ? q.notify(tx, this.channel, this.instanceId) : Promise.resolve(),
+      ]);
+      return plan.map((p): SubmitOutcome => {
+        if ('outcome' in p) return p.outcome;
+        const row = rows[p.insert];
+        if (!row) throw new Error('an insert of the submit batch returned no row');
+        return { ok: true, task: toTaskView(row), duplicate: p.duplicate };
+      });
     });
   }
 
@@ -659,7 +698,10 @@ export class PostgresStore implements Store {
     if (request.limit <= 0) return [];
     // At most one agent is created per leased task; ids and tokens are made here, used in order.
     const agentIds = Array.from({ length: request.limit }, () => request.newAgentId());
-    const tokens = Array.from({ length: request.limit }, () => randomBytes(16).toString('hex'));
+    const tokenBytes = randomBytes(16 * request.limit);
+    const tokens = Array.from({ length: request.limit }, (_, i) =>
+      tokenBytes.toString('hex', 16 * i, 16 * i + 16),
+    );
     const rows = await this.run('statement', (db) =>
       q.leaseTasks(db, {
         owner: request.owner,
@@ -740,121 +782,101 @@ export class PostgresStore implements Store {
     for (const request of requests) this.heldLeases.delete(request.token);
     const breakerRules = rules.breakerRules ?? SPEC_BREAKER_RULES;
     return this.run('tx', async (tx) => {
+      // A few statements for the whole batch instead of several per task; the statements of a step
+      // are sent together (pipelined on the transaction's connection) and run in the order issued.
+      // Tasks are locked in request order, then the agents of the settled tasks in request order.
+      const [lockedRows, attemptRows] = await Promise.all([
+        q.lockTasksForSettle(
+          tx,
+          requests.map((r) => ({ id: r.taskId, token: r.token })),
+        ),
+        q.runningAttempts(tx, [...new Set(requests.map((r) => r.taskId))]),
+      ]);
+      const locked = new Map<number, TaskRow>();
+      for (const row of lockedRows) {
+        const { ord, ...task } = row;
+        locked.set(ord - 1, task);
+      }
+      const attempts = new Map<string, AttemptRow>();
+      for (const row of attemptRows) attempts.set(row.task_id, row);
       const stats = new StatsBatch();
       const results: SettleResult[] = [];
       const verdicts = new Map<string, PendingVerdict[]>();
+      const taskWrites: TaskRow[] = [];
+      const attemptWrites: q.AttemptFinish[] = [];
+      const settled: { index: number; task: TaskRow; agentResult: AgentOutcome }[] = [];
+      // A task settled earlier in this batch has lost its lease (its token is cleared), as a
+      // one-at-a-time settle would find.
+      const settledIds = new Set<string>();
       for (const [index, request] of requests.entries()) {
-        const { result, taskType } = await this.settleOne(tx, stats, request, rules);
-        results.push(result);
-        if (result.ok && taskType !== null && request.breaker !== undefined) {
-          const list = verdicts.get(taskType) ?? [];
+        const task = locked.get(index);
+        if (!task || settledIds.has(task.id)) {
+          results.push({ ok: false, agentBecameUnhealthy: false });
+          continue;
+        }
+        settledIds.add(task.id);
+        const attempt = attempts.get(task.id);
+        const { outcome, attemptError, countedMs, agentResult } = settleTask(task, attempt, request, stats);
+        taskWrites.push(task);
+        if (attempt) {
+          attemptWrites.push({
+            id: attempt.id,
+            finished_at: request.nowMs,
+            outcome,
+            error: attemptError,
+            execution_ms: countedMs,
+          });
+        }
+        results.push({ ok: true, agentBecameUnhealthy: false });
+        settled.push({ index, task, agentResult });
+        if (request.breaker !== undefined) {
+          const list = verdicts.get(task.task_type) ?? [];
           list.push({ index, taskId: request.taskId, nowMs: request.nowMs, verdict: request.breaker });
-          verdicts.set(taskType, list);
+          verdicts.set(task.task_type, list);
         }
       }
-      for (const taskType of [...verdicts.keys()].sort(compareBytes)) {
-        const changes = await applyBreakerVerdicts(tx, taskType, verdicts.get(taskType) ?? [], breakerRules);
+      const agentIds = [
+        ...new Set(settled.flatMap((s) => (s.task.agent_id === null ? [] : [s.task.agent_id]))),
+      ];
+      const [agentRows] = await Promise.all([
+        q.lockAgents(tx, agentIds),
+        q.writeTasks(tx, taskWrites),
+        q.finishAttempts(tx, attemptWrites),
+      ]);
+      const agents = new Map<string, AgentRow>();
+      for (const row of agentRows) agents.set(row.id, row);
+      for (const { index, task, agentResult } of settled) {
+        const agent = task.agent_id === null ? undefined : agents.get(task.agent_id);
+        if (!agent) continue;
+        const now = requests[index]?.nowMs ?? 0;
+        const becameUnhealthy = applyAgentResult(agent, task.id, agentResult, now, rules);
+        results[index] = { ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy };
+      }
+      // The breaker rows are first read without locking (sent with the agents' writes).
+      const verdictTypes = [...verdicts.keys()].sort(compareBytes);
+      const [, unlockedBreakers] = await Promise.all([
+        q.writeAgents(tx, [...agents.values()]),
+        Promise.all(verdictTypes.map((taskType) => q.breakerOf(tx, taskType))),
+      ]);
+      for (const [i, taskType] of verdictTypes.entries()) {
+        const changes = await applyBreakerVerdicts(
+          tx,
+          taskType,
+          unlockedBreakers[i],
+          verdicts.get(taskType) ?? [],
+          breakerRules,
+        );
         for (const [index, record] of changes) {
           const result = results[index];
           if (result) result.breaker = record;
         }
       }
-      await stats.flush(tx);
-      if (results.some((r) => r.ok)) await q.notify(tx, this.channel, this.instanceId);
+      await Promise.all([
+        stats.flush(tx),
+        results.some((r) => r.ok) ? q.notify(tx, this.channel, this.instanceId) : Promise.resolve(),
+      ]);
       return results;
     });
-  }
-
-  private async settleOne(
-    tx: Db,
-    stats: StatsBatch,
-    request: SettleRequest,
-    rules: HealthRules,
-  ): Promise<{ result: SettleResult; taskType: string | null }> {
-    const task = await q.lockTaskForSettle(tx, request.taskId, request.token);
-    if (!task) return { result: { ok: false, agentBecameUnhealthy: false }, taskType: null };
-    const now = request.nowMs;
-    const attempt = await q.runningAttempt(tx, task.id);
-    const executionMs = Math.max(0, now - (attempt?.started_at ?? task.started_at ?? now));
-    const settlement = request.settlement;
-    const cancelRequested = task.cancel_requested;
-    let outcome: AttemptView['outcome'];
-    let attemptError: string | null = null;
-    let countedMs: number | null = null;
-    let agentResult: 'success' | 'fault' | 'failure' | 'none';
-    switch (settlement.kind) {
-      case 'succeeded':
-        task.status = 'succeeded';
-        task.result_json = settlement.resultJson;
-        task.finished_at = now;
-        outcome = 'succeeded';
-        countedMs = executionMs;
-        agentResult = 'success';
-        stats.add(task.user_id, task.task_type, { succeeded: 1, executionMs });
-        break;
-      case 'retry':
-        task.error = settlement.error;
-        attemptError = settlement.error;
-        agentResult = settlement.agentFault ? 'fault' : 'failure';
-        if (cancelRequested) {
-          // The owner asked to stop it: running it again would ignore that.
-          task.status = 'cancelled';
-          task.finished_at = now;
-          outcome = 'cancelled';
-          stats.add(task.user_id, task.task_type, { cancelled: 1 });
-        } else {
-          task.status = 'queued';
-          task.run_at = settlement.runAtMs;
-          outcome = 'failed';
-          countedMs = executionMs;
-          stats.add(task.user_id, task.task_type, { retried: 1, executionMs });
-        }
-        break;
-      case 'failed':
-        task.status = 'failed';
-        task.error = settlement.error;
-        task.finished_at = now;
-        attemptError = settlement.error;
-        outcome = 'failed';
-        countedMs = executionMs;
-        agentResult = settlement.agentFault ? 'fault' : 'failure';
-        stats.add(task.user_id, task.task_type, { failed: 1, executionMs });
-        break;
-      case 'cancelled':
-        task.status = 'cancelled';
-        task.finished_at = now;
-        outcome = 'cancelled';
-        agentResult = 'none';
-        stats.add(task.user_id, task.task_type, { cancelled: 1 });
-        break;
-      case 'released':
-        agentResult = 'none';
-        if (cancelRequested) {
-          // A shutdown must not resurrect a task its owner already asked to cancel.
-          task.status = 'cancelled';
-          task.finished_at = now;
-          outcome = 'cancelled';
-          stats.add(task.user_id, task.task_type, { cancelled: 1 });
-        } else {
-          task.status = 'queued';
-          task.attempts = Math.max(0, task.attempts - 1);
-          task.run_at = now;
-          outcome = 'released';
-        }
-        break;
-    }
-    await q.writeTask(tx, task);
-    if (attempt) await q.finishAttempt(tx, attempt.id, now, outcome, attemptError, countedMs);
-    const taskType = task.task_type;
-    if (task.agent_id === null) return { result: { ok: true, agentBecameUnhealthy: false }, taskType };
-    const agent = await q.lockAgent(tx, task.agent_id);
-    if (!agent) return { result: { ok: true, agentBecameUnhealthy: false }, taskType };
-    const becameUnhealthy = applyAgentResult(agent, task.id, agentResult, now, rules);
-    await q.writeAgent(tx, agent);
-    return {
-      result: { ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy },
-      taskType,
-    };
   }
 
   /** Saves an executor's checkpoint, fenced by the token. */
@@ -1146,11 +1168,101 @@ export class PostgresStore implements Store {
   }
 }
 
+/** How a settled attempt counts for its agent's health. */
+type AgentOutcome = 'success' | 'fault' | 'failure' | 'none';
+
+/**
+ * Applies `request`'s settlement to the locked, running `task` (mutated: status, result, error, run
+ * time, attempts) and its statistics; returns how its attempt closes and how it counts for the agent.
+ */
+function settleTask(
+  task: TaskRow,
+  attempt: AttemptRow | undefined,
+  request: SettleRequest,
+  stats: StatsBatch,
+): {
+  outcome: AttemptView['outcome'];
+  attemptError: string | null;
+  countedMs: number | null;
+  agentResult: AgentOutcome;
+} {
+  const now = request.nowMs;
+  const executionMs = Math.max(0, now - (attempt?.started_at ?? task.started_at ?? now));
+  const settlement = request.settlement;
+  const cancelRequested = task.cancel_requested;
+  let outcome: AttemptView['outcome'];
+  let attemptError: string | null = null;
+  let countedMs: number | null = null;
+  let agentResult: AgentOutcome;
+  switch (settlement.kind) {
+    case 'succeeded':
+      task.status = 'succeeded';
+      task.result_json = settlement.resultJson;
+      task.finished_at = now;
+      outcome = 'succeeded';
+      countedMs = executionMs;
+      agentResult = 'success';
+      stats.add(task.user_id, task.task_type, { succeeded: 1, executionMs });
+      break;
+    case 'retry':
+      task.error = settlement.error;
+      attemptError = settlement.error;
+      agentResult = settlement.agentFault ? 'fault' : 'failure';
+      if (cancelRequested) {
+        // The owner asked to stop it: running it again would ignore that.
+        task.status = 'cancelled';
+        task.finished_at = now;
+        outcome = 'cancelled';
+        stats.add(task.user_id, task.task_type, { cancelled: 1 });
+      } else {
+        task.status = 'queued';
+        task.run_at = settlement.runAtMs;
+        outcome = 'failed';
+        countedMs = executionMs;
+        stats.add(task.user_id, task.task_type, { retried: 1, executionMs });
+      }
+      break;
+    case 'failed':
+      task.status = 'failed';
+      task.error = settlement.error;
+      task.finished_at = now;
+      attemptError = settlement.error;
+      outcome = 'failed';
+      countedMs = executionMs;
+      agentResult = settlement.agentFault ? 'fault' : 'failure';
+      stats.add(task.user_id, task.task_type, { failed: 1, executionMs });
+      break;
+    case 'cancelled':
+      task.status = 'cancelled';
+      task.finished_at = now;
+      outcome = 'cancelled';
+      agentResult = 'none';
+      stats.add(task.user_id, task.task_type, { cancelled: 1 });
+      break;
+    case 'released':
+      agentResult = 'none';
+      if (cancelRequested) {
+        // A shutdown must not resurrect a task its owner already asked to cancel.
+        task.status = 'cancelled';
+        task.finished_at = now;
+        outcome = 'cancelled';
+        stats.add(task.user_id, task.task_type, { cancelled: 1 });
+      } else {
+        task.status = 'queued';
+        task.attempts = Math.max(0, task.attempts - 1);
+        task.run_at = now;
+        outcome = 'released';
+      }
+      break;
+  }
+  return { outcome, attemptError, countedMs, agentResult };
+}
+
 /** Updates an agent's health for one finished attempt; mutates `agent` and returns true when it turned unhealthy. */
 function applyAgentResult(
   agent: AgentRow,
   taskId: string,
-  result: 'success' | 'fault' | 'failure' | 'none',
+  result: AgentOutcome,
   nowMs: number,
   rules: HealthRules,
 ): boolean {

@@ -233,7 +233,10 @@ export async function notify(db: Db, channel: string, payload: string): Promise<
 
 // ---- leasing, heartbeat, fencing ----------------------------------------------------------------
 
-/** Parameters of `leaseTasks` (see the `agentfleet_lease_v2` function in migration 2). */
+/**
+ * Parameters of `leaseTasks` (see the `agentfleet_lease_v2` function in migration 2, replaced with the
+ * same parameters and results by migration 3).
+ */
 export interface LeaseParams {
   /** Instance id recorded on the leased tasks and attempts. */
   owner: string;
@@ -358,6 +361,120 @@ export async function writeTask(db: Db, row: TaskRow): Promise<void> {
     error = ${row.error}, result_json = ${row.result_json}, finished_at = ${row.finished_at},
     cancel_requested = ${row.cancel_requested}, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
     WHERE seq = ${row.seq}`;
+}
+
+/**
+ * The running tasks among `requests` whose token is still their lease token, locked for update in
+ * request order; each row carries `ord`, the 1-based position of its request.
+ */
+export async function lockTasksForSettle(
+  db: Db,
+  requests: readonly { id: string; token: string }[],
+): Promise<(TaskRow & { ord: number })[]> {
+  const rows = await db<(TaskRow & { ord: number })[]>`SELECT r.ord AS ord, t.*
+    FROM unnest(${requests.map((r) => r.id)}::text[], ${requests.map((r) => r.token)}::text[])
+      WITH ORDINALITY AS r(id, token, ord)
+    JOIN tasks t ON t.id = r.id AND t.status = 'running' AND t.lease_token = r.token
+    ORDER BY r.ord
+    FOR UPDATE OF t`;
+  return [...rows];
+}
+
+/** The latest attempt still marked running of each task of `taskIds` that has one. */
+export async function runningAttempts(
+  db: Db,
+  taskIds: readonly string[],
+): Promise<(AttemptRow & { task_id: string })[]> {
+  const rows = await db<(AttemptRow & { task_id: string })[]>`SELECT DISTINCT ON (task_id) * FROM attempts
+    WHERE task_id = ANY (${[...taskIds]}::text[]) AND outcome = 'running' ORDER BY task_id, id DESC`;
+  return [...rows];
+}
+
+/**
+ * `text` sent inside a JSON document as a parameter would be sent on its own: a lone surrogate becomes
+ * U+FFFD, as the client's UTF-8 encoding of a parameter makes it (jsonb input rejects the escape).
+ */
+function asUtf8(text: string | null): string | null {
+  return text !== null && /[\uD800-\uDFFF]/.test(text) ? Buffer.from(text, 'utf8').toString('utf8') : text;
+}
+
+/**
+ * `writeTask` for several rows (distinct tasks) in one statement. In this and the other batch writes
+ * the `= ANY` key list lets the planner find the rows by index (it cannot see how many rows the JSON
+ * holds, and would otherwise scan the whole table).
+ */
+export async function writeTasks(db: Db, rows: readonly TaskRow[]): Promise<void> {
+  if (rows.length === 0) return;
+  const data = rows.map((r) => ({
+    seq: r.seq,
+    status: r.status,
+    attempts: r.attempts,
+    run_at: r.run_at,
+    error: asUtf8(r.error),
+    result_json: asUtf8(r.result_json),
+    finished_at: r.finished_at,
+    cancel_requested: r.cancel_requested,
+  }));
+  await db`UPDATE tasks t SET status = x.status, attempts = x.attempts, run_at = x.run_at, error = x.error,
+      result_json = x.result_json, finished_at = x.finished_at, cancel_requested = x.cancel_requested,
+      lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+    FROM jsonb_to_recordset(${JSON.stringify(data)}::text::jsonb) AS x(seq bigint, status text, attempts integer,
+      run_at bigint, error text, result_json text, finished_at bigint, cancel_requested boolean)
+    WHERE t.seq = x.seq AND t.seq = ANY (${rows.map((r) => String(r.seq))}::text[]::bigint[])`;
+}
+
+/** One attempt to close with `finishAttempts`. */
+export interface AttemptFinish {
+  id: number;
+  finished_at: number;
+  outcome: AttemptView['outcome'];
+  error: string | null;
+  execution_ms: number | null;
+}
+
+/** `finishAttempt` for several attempts (distinct ids) in one statement. */
+export async function finishAttempts(db: Db, rows: readonly AttemptFinish[]): Promise<void> {
+  if (rows.length === 0) return;
+  await db`UPDATE attempts a SET finished_at = x.finished_at, outcome = x.outcome, error = x.error,
+      execution_ms = x.execution_ms
+    FROM jsonb_to_recordset(${JSON.stringify(rows.map((r) => ({ ...r, error: asUtf8(r.error) })))}::text::jsonb)
+      AS x(id bigint, finished_at bigint, outcome text,
+      error text, execution_ms bigint)
+    WHERE a.id = x.id AND a.id = ANY (${rows.map((r) => String(r.id))}::text[]::bigint[])`;
+}
+
+/** Agents `ids` (any user) that exist, locked for update in the order of `ids`. */
+export async function lockAgents(db: Db, ids: readonly string[]): Promise<AgentRow[]> {
+  if (ids.length === 0) return [];
+  const rows = await db<AgentRow[]>`SELECT a.* FROM unnest(${[...ids]}::text[]) WITH ORDINALITY AS r(id, ord)
+    JOIN agents a ON a.id = r.id ORDER BY r.ord FOR UPDATE OF a`;
+  return [...rows];
+}
+
+/** `writeAgent` for several rows (distinct agents) in one statement. */
+export async function writeAgents(db: Db, rows: readonly AgentRow[]): Promise<void> {
+  if (rows.length === 0) return;
+  const data = rows.map((r) => ({
+    seq: r.seq,
+    status: r.status,
+    current_task_id: r.current_task_id,
+    total_executions: r.total_executions,
+    successful_executions: r.successful_executions,
+    consecutive_failures: r.consecutive_failures,
+    last_success_at: r.last_success_at,
+    last_failure_at: r.last_failure_at,
+    unhealthy_since: r.unhealthy_since,
+    recoveries: r.recoveries,
+  }));
+  await db`UPDATE agents a SET status = x.status, current_task_id = x.current_task_id,
+      total_executions = x.total_executions, successful_executions = x.successful_executions,
+      consecutive_failures = x.consecutive_failures, last_success_at = x.last_success_at,
+      last_failure_at = x.last_failure_at, unhealthy_since = x.unhealthy_since, recoveries = x.recoveries
+    FROM jsonb_to_recordset(${JSON.stringify(data)}::text::jsonb) AS x(seq bigint, status text,
+      current_task_id text, total_executions integer, successful_executions integer,
+      consecutive_failures integer, last_success_at bigint, last_failure_at bigint, unhealthy_since bigint,
+      recoveries integer)
+    WHERE a.seq = x.seq AND a.seq = ANY (${rows.map((r) => String(r.seq))}::text[]::bigint[])`;
 }
 
 /** Agent `id` (any user), locked for update. */
