@@ -58,6 +58,7 @@ import type {
 } from './pg/queries.js';
 import * as q from './pg/queries.js';
 import { POSTGRES_MIGRATIONS } from './postgres-migrations.js';
+import { type AgentResult, applySettlement, type SettleEffect, type StatsDelta } from './settle-rules.js';
 import type {
   AdmissionLimits,
   AgentFilter,
@@ -364,17 +365,7 @@ class StatsBatch {
   private readonly rows = new Map<string, StatsIncrement>();
   private readonly shard = Math.floor(Math.random() * STATS_SHARDS);
 
-  add(
-    userId: string,
-    taskType: string,
-    delta: {
-      succeeded?: number;
-      failed?: number;
-      cancelled?: number;
-      retried?: number;
-      executionMs?: number;
-    },
-  ): void {
+  add(userId: string, taskType: string, delta: StatsDelta): void {
     const key = `${userId}\u0000${taskType}`;
     let row = this.rows.get(key);
     if (!row) {
@@ -804,7 +795,7 @@ export class PostgresStore implements Store {
       const verdicts = new Map<string, PendingVerdict[]>();
       const taskWrites: TaskRow[] = [];
       const attemptWrites: q.AttemptFinish[] = [];
-      const settled: { index: number; task: TaskRow; agentResult: AgentOutcome }[] = [];
+      const settled: { index: number; task: TaskRow; agentResult: AgentResult }[] = [];
       // A task settled earlier in this batch has lost its lease (its token is cleared), as a
       // one-at-a-time settle would find.
       const settledIds = new Set<string>();
@@ -1168,101 +1159,28 @@ export class PostgresStore implements Store {
   }
 }
 
-/** How a settled attempt counts for its agent's health. */
-type AgentOutcome = 'success' | 'fault' | 'failure' | 'none';
-
 /**
- * Applies `request`'s settlement to the locked, running `task` (mutated: status, result, error, run
- * time, attempts) and its statistics; returns how its attempt closes and how it counts for the agent.
+ * Applies `request`'s settlement to the locked, running `task` (mutated) with the stores' shared rules,
+ * and adds its statistics to the batch; returns how its attempt closes and how it counts for the agent.
  */
 function settleTask(
   task: TaskRow,
   attempt: AttemptRow | undefined,
   request: SettleRequest,
   stats: StatsBatch,
-): {
-  outcome: AttemptView['outcome'];
-  attemptError: string | null;
-  countedMs: number | null;
-  agentResult: AgentOutcome;
-} {
+): SettleEffect {
   const now = request.nowMs;
   const executionMs = Math.max(0, now - (attempt?.started_at ?? task.started_at ?? now));
-  const settlement = request.settlement;
-  const cancelRequested = task.cancel_requested;
-  let outcome: AttemptView['outcome'];
-  let attemptError: string | null = null;
-  let countedMs: number | null = null;
-  let agentResult: AgentOutcome;
-  switch (settlement.kind) {
-    case 'succeeded':
-      task.status = 'succeeded';
-      task.result_json = settlement.resultJson;
-      task.finished_at = now;
-      outcome = 'succeeded';
-      countedMs = executionMs;
-      agentResult = 'success';
-      stats.add(task.user_id, task.task_type, { succeeded: 1, executionMs });
-      break;
-    case 'retry':
-      task.error = settlement.error;
-      attemptError = settlement.error;
-      agentResult = settlement.agentFault ? 'fault' : 'failure';
-      if (cancelRequested) {
-        // The owner asked to stop it: running it again would ignore that.
-        task.status = 'cancelled';
-        task.finished_at = now;
-        outcome = 'cancelled';
-        stats.add(task.user_id, task.task_type, { cancelled: 1 });
-      } else {
-        task.status = 'queued';
-        task.run_at = settlement.runAtMs;
-        outcome = 'failed';
-        countedMs = executionMs;
-        stats.add(task.user_id, task.task_type, { retried: 1, executionMs });
-      }
-      break;
-    case 'failed':
-      task.status = 'failed';
-      task.error = settlement.error;
-      task.finished_at = now;
-      attemptError = settlement.error;
-      outcome = 'failed';
-      countedMs = executionMs;
-      agentResult = settlement.agentFault ? 'fault' : 'failure';
-      stats.add(task.user_id, task.task_type, { failed: 1, executionMs });
-      break;
-    case 'cancelled':
-      task.status = 'cancelled';
-      task.finished_at = now;
-      outcome = 'cancelled';
-      agentResult = 'none';
-      stats.add(task.user_id, task.task_type, { cancelled: 1 });
-      break;
-    case 'released':
-      agentResult = 'none';
-      if (cancelRequested) {
-        // A shutdown must not resurrect a task its owner already asked to cancel.
-        task.status = 'cancelled';
-        task.finished_at = now;
-        outcome = 'cancelled';
-        stats.add(task.user_id, task.task_type, { cancelled: 1 });
-      } else {
-        task.status = 'queued';
-        task.attempts = Math.max(0, task.attempts - 1);
-        task.run_at = now;
-        outcome = 'released';
-      }
-      break;
-  }
-  return { outcome, attemptError, countedMs, agentResult };
+  const effect = applySettlement(task, request.settlement, now, executionMs, task.cancel_requested);
+  stats.add(task.user_id, task.task_type, effect.stats);
+  return effect;
 }
 
 /** Updates an agent's health for one finished attempt; mutates `agent` and returns true when it turned unhealthy. */
 function applyAgentResult(
   agent: AgentRow,
   taskId: string,
-  result: AgentOutcome,
+  result: AgentResult,
   nowMs: number,
   rules: HealthRules,
 ): boolean {
