@@ -45,7 +45,7 @@ import {
   UserTaskLimitError,
   ValidationError,
 } from '../domain/errors.js';
-import { type AttemptView, TASK_STATUSES, type TaskDetail, type TaskView } from '../domain/task.js';
+import { TASK_STATUSES, type TaskDetail, type TaskView } from '../domain/task.js';
 import type {
   AgentRow,
   AttemptRow,
@@ -83,6 +83,7 @@ import type {
   TypeStats,
 } from './store.js';
 import { SPEC_BREAKER_RULES } from './store.js';
+import { decodeCursor, encodeCursor, toAgentView, toAttemptView, toBreaker, toTaskView } from './views.js';
 
 /** Options of `PostgresStore.connect`. */
 export interface PostgresStoreOptions {
@@ -162,69 +163,6 @@ type Mode =
   /** One self-contained statement (its own transaction); retried only on conflicts. */
   | 'statement';
 
-function iso(ms: number | null): string | null {
-  return ms === null ? null : new Date(ms).toISOString();
-}
-
-function parseJson(text: string | null): unknown {
-  return text === null ? null : JSON.parse(text);
-}
-
-function toTaskView(row: TaskRow): TaskView {
-  return {
-    id: row.id,
-    task_type: row.task_type,
-    description: row.description,
-    priority: row.priority,
-    status: row.status,
-    attempts: row.attempts,
-    max_retries: row.max_retries,
-    agent_id: row.agent_id,
-    created_at: new Date(row.created_at).toISOString(),
-    started_at: iso(row.started_at),
-    finished_at: iso(row.finished_at),
-    run_at: new Date(row.run_at).toISOString(),
-    result: parseJson(row.result_json),
-    error: row.error,
-    checkpoint: parseJson(row.checkpoint_json),
-    idempotency_key: row.idempotency_key,
-    input: parseJson(row.input_json),
-    timeout_ms: row.timeout_ms,
-    user_id: row.user_id,
-  };
-}
-
-function toAgentView(row: AgentRow): AgentView {
-  return {
-    id: row.id,
-    agent_type: row.agent_type,
-    name: row.name,
-    status: row.status,
-    created_at: new Date(row.created_at).toISOString(),
-    user_id: row.user_id,
-    current_task_id: row.current_task_id,
-    recoveries: row.recoveries,
-    health: {
-      total_executions: row.total_executions,
-      successful_executions: row.successful_executions,
-      consecutive_failures: row.consecutive_failures,
-      last_success_at: iso(row.last_success_at),
-      last_failure_at: iso(row.last_failure_at),
-    },
-  };
-}
-
-function toAttemptView(row: AttemptRow): AttemptView {
-  return {
-    attempt: row.attempt,
-    agent_id: row.agent_id,
-    started_at: new Date(row.started_at).toISOString(),
-    finished_at: iso(row.finished_at),
-    outcome: row.outcome,
-    error: row.error,
-  };
-}
-
 function toInstanceView(row: InstanceRow): InstanceView {
   return {
     id: row.id,
@@ -234,16 +172,6 @@ function toInstanceView(row: InstanceRow): InstanceView {
     heartbeat_at: new Date(row.heartbeat_at).toISOString(),
     slots_in_use: row.slots_in_use,
     max_slots: row.max_slots,
-  };
-}
-
-function toBreaker(row: BreakerRow): BreakerRecord {
-  return {
-    taskType: row.task_type,
-    state: row.state,
-    failures: row.failures,
-    openedAtMs: row.opened_at,
-    probeTaskId: row.probe_task_id,
   };
 }
 
@@ -323,17 +251,6 @@ async function applyBreakerVerdicts(
     // No row yet: insert it, unless another transaction just did (then lock that one and decide again).
     if (await q.insertBreaker(tx, toBreakerWrite(after), lastChangeMs)) return changes;
   }
-}
-
-function encodeCursor(seq: number): string {
-  return Buffer.from(`s${seq}`, 'utf8').toString('base64url');
-}
-
-function decodeCursor(cursor: string): number {
-  const text = Buffer.from(cursor, 'base64url').toString('utf8');
-  const match = /^s(\d{1,15})$/.exec(text);
-  if (!match?.[1]) throw new ValidationError('cursor', 'not a cursor returned by a previous page');
-  return Number(match[1]);
 }
 
 /** A `text[]` literal: every element quoted, backslashes and quotes escaped. */

@@ -68,6 +68,15 @@ import type {
   TypeStats,
 } from './store.js';
 import { SPEC_BREAKER_RULES } from './store.js';
+import {
+  decodeCursor,
+  encodeCursor,
+  parseJson,
+  toAgentView,
+  toAttemptView,
+  toBreaker,
+  toTaskView,
+} from './views.js';
 
 /** Options of `SqliteStore.open`. */
 export interface SqliteStoreOptions {
@@ -200,16 +209,6 @@ interface InstanceRow {
   max_slots: number;
 }
 
-function toBreaker(row: BreakerRow): BreakerRecord {
-  return {
-    taskType: row.task_type,
-    state: row.state,
-    failures: row.failures,
-    openedAtMs: row.opened_at,
-    probeTaskId: row.probe_task_id,
-  };
-}
-
 interface EventRow {
   at_ms: number;
   kind: string;
@@ -250,38 +249,6 @@ const AGENT_UPDATE_SQL = `UPDATE agents SET status = @status, current_task_id = 
   WHERE seq = @seq`;
 
 const USER_FILTER = '(@user IS NULL OR user_id = @user)';
-
-function iso(ms: number | null): string | null {
-  return ms === null ? null : new Date(ms).toISOString();
-}
-
-function parseJson(text: string | null): unknown {
-  return text === null ? null : JSON.parse(text);
-}
-
-function toTaskView(row: TaskRow): TaskView {
-  return {
-    id: row.id,
-    task_type: row.task_type,
-    description: row.description,
-    priority: row.priority,
-    status: row.status,
-    attempts: row.attempts,
-    max_retries: row.max_retries,
-    agent_id: row.agent_id,
-    created_at: new Date(row.created_at).toISOString(),
-    started_at: iso(row.started_at),
-    finished_at: iso(row.finished_at),
-    run_at: new Date(row.run_at).toISOString(),
-    result: parseJson(row.result_json),
-    error: row.error,
-    checkpoint: parseJson(row.checkpoint_json),
-    idempotency_key: row.idempotency_key,
-    input: parseJson(row.input_json),
-    timeout_ms: row.timeout_ms,
-    user_id: row.user_id,
-  };
-}
 
 /** The view of a queued task just leased to `agentId` at `nowMs`, built from its candidate row. */
 function leasedTaskView(row: CandidateRow, agentId: string, nowMs: number): TaskView {
@@ -331,48 +298,6 @@ function newTaskView(task: NewTask): TaskView {
     timeout_ms: task.timeoutMs,
     user_id: task.userId,
   };
-}
-
-function toAgentView(row: AgentRow): AgentView {
-  return {
-    id: row.id,
-    agent_type: row.agent_type,
-    name: row.name,
-    status: row.status,
-    created_at: new Date(row.created_at).toISOString(),
-    user_id: row.user_id,
-    current_task_id: row.current_task_id,
-    recoveries: row.recoveries,
-    health: {
-      total_executions: row.total_executions,
-      successful_executions: row.successful_executions,
-      consecutive_failures: row.consecutive_failures,
-      last_success_at: iso(row.last_success_at),
-      last_failure_at: iso(row.last_failure_at),
-    },
-  };
-}
-
-function toAttemptView(row: AttemptRow): AttemptView {
-  return {
-    attempt: row.attempt,
-    agent_id: row.agent_id,
-    started_at: new Date(row.started_at).toISOString(),
-    finished_at: iso(row.finished_at),
-    outcome: row.outcome,
-    error: row.error,
-  };
-}
-
-function encodeCursor(seq: number): string {
-  return Buffer.from(`s${seq}`, 'utf8').toString('base64url');
-}
-
-function decodeCursor(cursor: string): number {
-  const text = Buffer.from(cursor, 'base64url').toString('utf8');
-  const match = /^s(\d{1,15})$/.exec(text);
-  if (!match?.[1]) throw new ValidationError('cursor', 'not a cursor returned by a previous page');
-  return Number(match[1]);
 }
 
 function errorCode(error: unknown): string | undefined {
@@ -912,7 +837,7 @@ export class SqliteStore implements Store {
         leased.push({
           task: leasedTaskView(row, agent.id, now),
           token,
-          agent: toAgentView({ ...agent, status: 'busy', current_task_id: row.id, last_used_at: now }),
+          agent: toAgentView({ ...agent, status: 'busy', current_task_id: row.id }),
           agentCreated,
           checkpointJson: row.checkpoint_json,
         });
