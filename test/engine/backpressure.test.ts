@@ -100,4 +100,49 @@ describe('type concurrency', () => {
     expect(status.instances[0]).toMatchObject({ id: 'inst-test', max_slots: 7, pid: process.pid });
     expect((await fleet.manager.queueStatus({ userId: 'someone' })).instances).toEqual([]);
   });
+  it('leaves 4 of 200 slots to more urgent work while low tasks wait, so an urgent task starts at once', async () => {
+    fleet = openFleet({ maxTasksPerUser: 1000 });
+    const gates: (() => void)[] = [];
+    const startedBy = { low: 0, urgent: 0, medium: 0 };
+    let urgentStartedWhileLowRunning = -1;
+    let running = 0;
+    fleet.manager.handle('Block', async (task) => {
+      running++;
+      const p = task.priority as keyof typeof startedBy;
+      startedBy[p]++;
+      if (p === 'urgent') urgentStartedWhileLowRunning = running - 1;
+      const g = gate();
+      gates.push(g.open);
+      await g.promise;
+      running--;
+    });
+    await Promise.all(
+      Array.from({ length: 300 }, (_, i) =>
+        fleet.manager.submit({ task_type: 'Block', description: `low ${i}`, priority: 'low' }),
+      ),
+    );
+    await fleet.manager.start();
+    await waitFor(() => startedBy.low === 196, '196 low tasks to start');
+    await fleet.clock.advance(100);
+    // The backlog of low tasks does not take the last 4 slots.
+    expect(startedBy.low).toBe(196);
+    expect((await fleet.manager.queueStatus()).concurrent_tasks).toBe(196);
+
+    // An urgent task starts at once, with no low task finishing first.
+    await fleet.manager.submit({ task_type: 'Block', description: 'urgent', priority: 'urgent' });
+    await waitFor(() => startedBy.urgent === 1, 'the urgent task to start');
+    expect(urgentStartedWhileLowRunning).toBe(196);
+    // Medium and higher tasks may use every slot: three more fill the remaining ones.
+    await Promise.all(
+      Array.from({ length: 4 }, (_, i) =>
+        fleet.manager.submit({ task_type: 'Block', description: `medium ${i}`, priority: 'medium' }),
+      ),
+    );
+    await waitFor(() => startedBy.medium === 3, 'three medium tasks to fill the slots');
+    await fleet.clock.advance(100);
+    expect(startedBy.medium).toBe(3);
+    expect(startedBy.low).toBe(196);
+    expect((await fleet.manager.queueStatus()).concurrent_tasks).toBe(200);
+    for (const open of gates.splice(0)) open();
+  });
 });
