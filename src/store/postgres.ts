@@ -3,7 +3,7 @@
  * `postgres` client. Semantics are the SQLite store's, operation by operation; what differs is how
  * concurrent processes are kept apart:
  *
- * - Leasing is one call of the plpgsql function `agentfleet_lease_v2` (one round trip), which locks
+ * - Leasing is one call of the plpgsql function `agentfleet_lease_v3` (one round trip), which locks
  *   candidates with `FOR UPDATE SKIP LOCKED`, so concurrent leasers never receive the same task.
  * - Circuit breakers are shared rows (`breakers`). A lease locks the rows that are not closed (so the
  *   happy path takes no breaker lock), applies the time rule and records a half-open type's single
@@ -45,7 +45,8 @@ import {
   UserTaskLimitError,
   ValidationError,
 } from '../domain/errors.js';
-import { TASK_STATUSES, type TaskDetail, type TaskView } from '../domain/task.js';
+import { AGE_BONUS_MS_PER_POINT, priorityKey } from '../domain/priority.js';
+import { PRIORITIES, type Priority, TASK_STATUSES, type TaskDetail, type TaskView } from '../domain/task.js';
 import type {
   AgentRow,
   AttemptRow,
@@ -254,6 +255,13 @@ async function applyBreakerVerdicts(
 }
 
 /** A `text[]` literal: every element quoted, backslashes and quotes escaped. */
+/** Per priority, the key of a task enqueued a minute after `nowMs`: where the headroom walk may stop. */
+function stopKeys(nowMs: number): Record<Priority, number> {
+  const keys = {} as Record<Priority, number>;
+  for (const p of PRIORITIES) keys[p] = priorityKey(p, nowMs + AGE_BONUS_MS_PER_POINT);
+  return keys;
+}
+
 function textArrayLiteral(values: readonly string[]): string {
   return `{${values.map((v) => `"${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`).join(',')}}`;
 }
@@ -624,6 +632,8 @@ export class PostgresStore implements Store {
         maxScan: Math.max(LEASE_SCAN_MIN, request.limit * 10),
         breakerTimeoutMs: request.breakerRules.timeoutMs,
         typeLimits: request.typeLimits ?? {},
+        headroom: request.headroom ?? {},
+        stopKeys: stopKeys(request.nowMs),
       }),
     );
     for (const r of rows) this.heldLeases.set(r.o_token, request.owner);

@@ -356,6 +356,23 @@ export function describeStoreConformance(
         expect(await lease({ typeCaps: { Flaky: 0 } })).toHaveLength(0);
       });
 
+      it('headroom: low tasks leave their slots free; higher priorities, even later in the walk, use them', async () => {
+        // Five low tasks that waited long enough to rank above a fresh medium one, then a medium and an urgent.
+        for (let i = 0; i < 5; i++) {
+          await submitOne({ id: `low-${i}`, priority: 'low', createdAtMs: T0 - 200 * MINUTE + i });
+        }
+        await submitOne({ id: 'medium', priority: 'medium', createdAtMs: T0 });
+        await submitOne({ id: 'urgent', priority: 'urgent', createdAtMs: T0 + 1 });
+        const first = await lease({ limit: 6, headroom: { low: 3 } });
+        // 6 slots, a low task only while 3 stay free after it: the urgent, 2 lows, then the medium that
+        // comes after the lows in the walk; one slot stays unused.
+        expect(first.map((l) => l.task.id)).toEqual(['urgent', 'low-0', 'low-1', 'medium']);
+        // With only low work left and no room above the headroom, nothing is leased.
+        expect(await lease({ limit: 3, headroom: { low: 3 } })).toEqual([]);
+        // Without headroom the remaining lows are leased.
+        expect((await lease({ limit: 3 })).map((l) => l.task.id)).toEqual(['low-2', 'low-3', 'low-4']);
+      });
+
       it('leases nothing from an empty queue or with limit 0', async () => {
         expect(await lease()).toEqual([]);
         await submitOne();

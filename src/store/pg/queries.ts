@@ -136,7 +136,7 @@ export interface BreakerWrite {
   probe_task_id: string | null;
 }
 
-/** One row `agentfleet_lease_v2` returns: the leased task and its agent as JSON rows. */
+/** One row `agentfleet_lease_v3` returns: the leased task and its agent as JSON rows. */
 export interface LeaseRow {
   o_task: TaskRow;
   o_agent: AgentRow;
@@ -234,8 +234,8 @@ export async function notify(db: Db, channel: string, payload: string): Promise<
 // ---- leasing, heartbeat, fencing ----------------------------------------------------------------
 
 /**
- * Parameters of `leaseTasks` (see the `agentfleet_lease_v2` function in migration 2, replaced with the
- * same parameters and results by migration 3).
+ * Parameters of `leaseTasks` (see the `agentfleet_lease_v3` function in migration 4: migration 3's
+ * `agentfleet_lease_v2` with the priority headroom).
  */
 export interface LeaseParams {
   /** Instance id recorded on the leased tasks and attempts. */
@@ -262,18 +262,23 @@ export interface LeaseParams {
   breakerTimeoutMs: number;
   /** {type: n}: at most n tasks of that type running cluster-wide (`type_concurrency`). */
   typeLimits: Readonly<Record<string, number>>;
+  /** {priority: n}: slots a task of that priority leaves free (`LeaseRequest.headroom`). */
+  headroom: Readonly<Partial<Record<Priority, number>>>;
+  /** {priority: key}: the priority key of a task of that priority enqueued a minute from now. */
+  stopKeys: Readonly<Record<Priority, number>>;
 }
 
 /**
- * Leases tasks in one round trip (plpgsql `agentfleet_lease_v2`): shared breakers, cluster-wide type
- * limits and the agent policy, in one transaction.
+ * Leases tasks in one round trip (plpgsql `agentfleet_lease_v3`): shared breakers, cluster-wide type
+ * limits, the priority headroom and the agent policy, in one transaction.
  */
 export async function leaseTasks(db: Db, p: LeaseParams): Promise<LeaseRow[]> {
-  return db<LeaseRow[]>`SELECT * FROM agentfleet_lease_v2(${p.owner}, ${p.limit}, ${p.nowMs}, ${p.expiresMs},
+  return db<LeaseRow[]>`SELECT * FROM agentfleet_lease_v3(${p.owner}, ${p.limit}, ${p.nowMs}, ${p.expiresMs},
     ${[...p.excludeTypes]}::text[], ${JSON.stringify(p.typeCaps)}::text::jsonb, ${p.maxAgentsPerUser},
     ${[...p.agentIds]}::text[], ${[...p.tokens]}::text[], ${p.maxScan},
     hashtext(current_schema() || ':agents'), ${p.breakerTimeoutMs},
-    ${JSON.stringify(p.typeLimits)}::text::jsonb, hashtext(current_schema() || ':type-limits'))`;
+    ${JSON.stringify(p.typeLimits)}::text::jsonb, hashtext(current_schema() || ':type-limits'),
+    ${JSON.stringify(p.headroom)}::text::jsonb, ${JSON.stringify(p.stopKeys)}::text::jsonb)`;
 }
 
 /**
