@@ -146,6 +146,7 @@ export class AgentManager {
       events: this.events,
       executorFor: (type) => this.executors.get(type),
       instance: { host: this.options.instanceHost, pid: process.pid, startedAtMs: this.startedAtMs },
+      flushSubmits: () => this.queue.flushSubmits(),
     });
     this.monitor = new HealthRecoveryMonitor(store, this.options, this.events, () => this.processor.wake());
     this.breakers.onTransition((t) => {

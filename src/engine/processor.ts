@@ -19,7 +19,6 @@ import type { CircuitBreakers } from './breaker.js';
 import type { CheckpointManager } from './checkpoints.js';
 import type { EventBus, FleetEventType } from './events.js';
 import type { ResolvedOptions } from './options.js';
-import { flushSubmits } from './queue.js';
 
 /** An executor and the time limit of its type. */
 export interface ExecutorBinding {
@@ -39,6 +38,8 @@ export interface ProcessorDeps {
   executorFor: (taskType: string) => ExecutorBinding | undefined;
   /** This process, as its heartbeats describe it to the cluster. */
   instance: { host: string; pid: number; startedAtMs: number };
+  /** Commits the submissions waiting for their group commit (see `TaskQueue.flushSubmits`). */
+  flushSubmits: () => Promise<void>;
 }
 
 interface RunningTask {
@@ -195,7 +196,7 @@ export class QueueProcessor {
         let leased: LeasedTask[] = [];
         try {
           // Submissions waiting for their group commit go first, so this lease ranks them too.
-          await flushSubmits(store);
+          await this.deps.flushSubmits();
           leased = await store.leaseBatch({
             owner: instanceId,
             limit: reserved,

@@ -18,21 +18,6 @@ const INPUT_FIELDS = new Set([
   'idempotency_key',
 ]);
 
-/** The submit batchers writing to each store in this process; see `flushSubmits`. */
-const SUBMITTERS = new WeakMap<Store, Set<Batcher<NewTask, SubmitOutcome>>>();
-
-/**
- * Commits the submissions to `store` that are waiting for their group commit in this process. The lease
- * loop calls it before leasing, so a task submitted just before a lease is considered by that lease:
- * an urgent task submitted while slots free up is leased ahead of the low ones that would refill them,
- * instead of one wave later. Group commit is kept: everything waiting goes in one transaction.
- */
-export async function flushSubmits(store: Store): Promise<void> {
-  const batchers = SUBMITTERS.get(store);
-  if (batchers === undefined) return;
-  for (const batcher of batchers) if (batcher.waiting > 0) await batcher.flushNow();
-}
-
 /** Most retries a task may ask for; bounds how long a dead letter can take to appear. */
 export const MAX_RETRIES_LIMIT = 100;
 /** Longest idempotency key. */
@@ -59,12 +44,16 @@ export class TaskQueue {
         maxTasksPerUser: options.maxTasksPerUser,
       }),
     );
-    let batchers = SUBMITTERS.get(store);
-    if (batchers === undefined) {
-      batchers = new Set();
-      SUBMITTERS.set(store, batchers);
-    }
-    batchers.add(this.batcher);
+  }
+
+  /**
+   * Commits the submissions waiting for their group commit now (still one transaction). The lease loop
+   * calls it before leasing, so a task submitted just before a lease is considered by that lease: an
+   * urgent task submitted while slots free up is leased ahead of the low ones that would refill them,
+   * instead of one wave later.
+   */
+  async flushSubmits(): Promise<void> {
+    if (this.batcher.waiting > 0) await this.batcher.flushNow();
   }
 
   /** Validates and durably enqueues a task for `userId`; throws the admission error on refusal. */

@@ -84,7 +84,15 @@ import type {
   TypeStats,
 } from './store.js';
 import { SPEC_BREAKER_RULES } from './store.js';
-import { decodeCursor, encodeCursor, toAgentView, toAttemptView, toBreaker, toTaskView } from './views.js';
+import {
+  decodeCursor,
+  encodeCursor,
+  toAgentView,
+  toAttemptView,
+  toBreaker,
+  toInstanceView,
+  toTaskView,
+} from './views.js';
 
 /** Options of `PostgresStore.connect`. */
 export interface PostgresStoreOptions {
@@ -163,18 +171,6 @@ type Mode =
   | 'tx'
   /** One self-contained statement (its own transaction); retried only on conflicts. */
   | 'statement';
-
-function toInstanceView(row: InstanceRow): InstanceView {
-  return {
-    id: row.id,
-    host: row.host,
-    pid: row.pid,
-    started_at: new Date(row.started_at).toISOString(),
-    heartbeat_at: new Date(row.heartbeat_at).toISOString(),
-    slots_in_use: row.slots_in_use,
-    max_slots: row.max_slots,
-  };
-}
 
 function toBreakerWrite(record: BreakerRecord): BreakerWrite {
   return {

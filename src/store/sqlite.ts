@@ -69,12 +69,18 @@ import type {
 } from './store.js';
 import { SPEC_BREAKER_RULES } from './store.js';
 import {
+  type AgentViewRow,
+  type AttemptViewRow,
+  type BreakerViewRow,
   decodeCursor,
   encodeCursor,
+  type InstanceViewRow,
   parseJson,
+  type TaskViewRow,
   toAgentView,
   toAttemptView,
   toBreaker,
+  toInstanceView,
   toTaskView,
 } from './views.js';
 
@@ -100,29 +106,10 @@ const BUSY_CODES = new Set(['SQLITE_BUSY', 'SQLITE_BUSY_SNAPSHOT', 'SQLITE_LOCKE
 type Params = Record<string, string | number | null>;
 type Stmt = Database.Statement<unknown[], unknown>;
 
-interface TaskRow {
+interface TaskRow extends TaskViewRow {
   seq: number;
-  id: string;
-  user_id: string;
-  task_type: string;
-  description: string;
-  priority: Priority;
   priority_key: number;
-  status: TaskStatus;
-  attempts: number;
-  max_retries: number;
-  timeout_ms: number | null;
-  agent_id: string | null;
-  input_json: string | null;
-  result_json: string | null;
-  error: string | null;
-  checkpoint_json: string | null;
-  idempotency_key: string | null;
   cancel_requested: number;
-  created_at: number;
-  started_at: number | null;
-  finished_at: number | null;
-  run_at: number;
   lease_owner: string | null;
   lease_token: string | null;
   lease_expires_at: number | null;
@@ -152,33 +139,14 @@ type CandidateRow = Pick<
   | 'run_at'
 >;
 
-interface AttemptRow {
+interface AttemptRow extends AttemptViewRow {
   id: number;
-  attempt: number;
-  agent_id: string | null;
-  started_at: number;
-  finished_at: number | null;
-  outcome: AttemptView['outcome'];
-  error: string | null;
 }
 
-interface AgentRow {
+interface AgentRow extends AgentViewRow {
   seq: number;
-  id: string;
-  user_id: string;
-  agent_type: string;
-  name: string;
-  status: AgentStatus;
-  created_at: number;
   last_used_at: number | null;
-  current_task_id: string | null;
-  total_executions: number;
-  successful_executions: number;
-  consecutive_failures: number;
-  last_success_at: number | null;
-  last_failure_at: number | null;
   unhealthy_since: number | null;
-  recoveries: number;
 }
 
 interface TypeStatsRow {
@@ -191,23 +159,7 @@ interface TypeStatsRow {
   execution_count: number;
 }
 
-interface BreakerRow {
-  task_type: string;
-  state: BreakerRecord['state'];
-  failures: number;
-  opened_at: number | null;
-  probe_task_id: string | null;
-}
-
-interface InstanceRow {
-  id: string;
-  host: string;
-  pid: number;
-  started_at: number;
-  heartbeat_at: number;
-  slots_in_use: number;
-  max_slots: number;
-}
+type BreakerRow = BreakerViewRow;
 
 interface EventRow {
   at_ms: number;
@@ -235,8 +187,6 @@ interface StatsBump {
   ms: number;
   count: number;
 }
-
-/** Increments of one row of `type_stats`. */
 
 const TASK_UPDATE_SQL = `UPDATE tasks SET status = @status, attempts = @attempts, run_at = @run_at, error = @error,
   result_json = @result_json, finished_at = @finished_at, cancel_requested = @cancel_requested,
@@ -892,15 +842,7 @@ export class SqliteStore implements Store {
   /** Processes whose last heartbeat is at or after `aliveSinceMs`, oldest first. */
   async listInstances(aliveSinceMs: number): Promise<InstanceView[]> {
     return this.guard(() =>
-      this.all<InstanceRow>('liveInstances', { since: aliveSinceMs }).map((row) => ({
-        id: row.id,
-        host: row.host,
-        pid: row.pid,
-        started_at: new Date(row.started_at).toISOString(),
-        heartbeat_at: new Date(row.heartbeat_at).toISOString(),
-        slots_in_use: row.slots_in_use,
-        max_slots: row.max_slots,
-      })),
+      this.all<InstanceViewRow>('liveInstances', { since: aliveSinceMs }).map(toInstanceView),
     );
   }
 

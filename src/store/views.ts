@@ -6,6 +6,7 @@ import type { AgentStatus, AgentView } from '../domain/agent.js';
 import type { BreakerRecord, BreakerState } from '../domain/breaker.js';
 import { ValidationError } from '../domain/errors.js';
 import type { AttemptView, Priority, TaskStatus, TaskView } from '../domain/task.js';
+import type { InstanceView } from './store.js';
 
 /** Epoch milliseconds as an ISO string (null stays null). */
 export function iso(ms: number | null): string | null {
@@ -138,6 +139,29 @@ export function toBreaker(row: BreakerViewRow): BreakerRecord {
     failures: row.failures,
     openedAtMs: row.opened_at,
     probeTaskId: row.probe_task_id,
+  };
+}
+
+/** A row of `instances`. */
+export interface InstanceViewRow {
+  id: string;
+  host: string;
+  pid: number;
+  started_at: number;
+  heartbeat_at: number;
+  slots_in_use: number;
+  max_slots: number;
+}
+
+export function toInstanceView(row: InstanceViewRow): InstanceView {
+  return {
+    id: row.id,
+    host: row.host,
+    pid: row.pid,
+    started_at: new Date(row.started_at).toISOString(),
+    heartbeat_at: new Date(row.heartbeat_at).toISOString(),
+    slots_in_use: row.slots_in_use,
+    max_slots: row.max_slots,
   };
 }
 

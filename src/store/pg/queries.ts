@@ -8,68 +8,31 @@ import type { AgentStatus } from '../../domain/agent.js';
 import type { BreakerState } from '../../domain/breaker.js';
 import type { AttemptView, Priority, TaskStatus } from '../../domain/task.js';
 import type { InstanceBeat, NewAgent, NewTask, StoredEvent } from '../store.js';
+import type { AgentViewRow, AttemptViewRow, BreakerViewRow, InstanceViewRow, TaskViewRow } from '../views.js';
 
 /** The pool or a transaction, with `bigint` columns parsed to numbers (epoch ms fit in 2^53). */
 export type Db = postgres.ISql<{ bigint: number }>;
 
 /** A row of `tasks`. */
-export interface TaskRow {
+export interface TaskRow extends TaskViewRow {
   seq: number;
-  id: string;
-  user_id: string;
-  task_type: string;
-  description: string;
-  priority: Priority;
   priority_key: number;
-  status: TaskStatus;
-  attempts: number;
-  max_retries: number;
-  timeout_ms: number | null;
-  agent_id: string | null;
-  input_json: string | null;
-  result_json: string | null;
-  error: string | null;
-  checkpoint_json: string | null;
-  idempotency_key: string | null;
   cancel_requested: boolean;
-  created_at: number;
-  started_at: number | null;
-  finished_at: number | null;
-  run_at: number;
   lease_owner: string | null;
   lease_token: string | null;
   lease_expires_at: number | null;
 }
 
 /** A row of `attempts`. */
-export interface AttemptRow {
+export interface AttemptRow extends AttemptViewRow {
   id: number;
-  attempt: number;
-  agent_id: string | null;
-  started_at: number;
-  finished_at: number | null;
-  outcome: AttemptView['outcome'];
-  error: string | null;
 }
 
 /** A row of `agents`. */
-export interface AgentRow {
+export interface AgentRow extends AgentViewRow {
   seq: number;
-  id: string;
-  user_id: string;
-  agent_type: string;
-  name: string;
-  status: AgentStatus;
-  created_at: number;
   last_used_at: number | null;
-  current_task_id: string | null;
-  total_executions: number;
-  successful_executions: number;
-  consecutive_failures: number;
-  last_success_at: number | null;
-  last_failure_at: number | null;
   unhealthy_since: number | null;
-  recoveries: number;
 }
 
 /** Summed `type_stats` of one task type. */
@@ -107,25 +70,12 @@ export interface EventRow {
 }
 
 /** A row of `breakers` (migration 2). */
-export interface BreakerRow {
-  task_type: string;
-  state: BreakerState;
-  failures: number;
-  opened_at: number | null;
-  probe_task_id: string | null;
+export interface BreakerRow extends BreakerViewRow {
   updated_at: number;
 }
 
 /** A row of `instances` (migration 2). */
-export interface InstanceRow {
-  id: string;
-  host: string;
-  pid: number;
-  started_at: number;
-  heartbeat_at: number;
-  slots_in_use: number;
-  max_slots: number;
-}
+export type InstanceRow = InstanceViewRow;
 
 /** The fields of a breaker the store writes (`updated_at` is the time of the write). */
 export interface BreakerWrite {
@@ -234,8 +184,8 @@ export async function notify(db: Db, channel: string, payload: string): Promise<
 // ---- leasing, heartbeat, fencing ----------------------------------------------------------------
 
 /**
- * Parameters of `leaseTasks` (see the `agentfleet_lease_v3` function in migration 4: migration 3's
- * `agentfleet_lease_v2` with the priority headroom).
+ * Parameters of `leaseTasks` (see the `agentfleet_lease_v3` function in migration 3: migration 2's
+ * `agentfleet_lease_v2` with a linear walk and the priority headroom).
  */
 export interface LeaseParams {
   /** Instance id recorded on the leased tasks and attempts. */
