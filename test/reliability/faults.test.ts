@@ -64,6 +64,41 @@ describe('fault matrix', () => {
     return started;
   }
 
+  /**
+   * Another process takes the write lock of the SQLite file in `dir` and holds it for `ms`; resolves
+   * once it holds it. `exited` resolves when the process has let go and ended; `said` is what it printed.
+   */
+  async function holdWriteLock(
+    dir: string,
+    ms: number,
+  ): Promise<{ exited: Promise<void>; said: () => string }> {
+    const holder: ChildProcess = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        join(import.meta.dirname, '..', 'fixtures', 'sqlite-lock-holder.ts'),
+        join(dir, 'test.db'),
+        String(ms),
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    cleanups.push(async () => {
+      holder.kill('SIGKILL');
+      await exited(holder);
+    });
+    let said = '';
+    holder.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+      said += chunk;
+    });
+    await waitFor(
+      async () => said,
+      (text) => text.includes('locked'),
+      'the other process to hold the write lock',
+    );
+    return { exited: exited(holder), said: () => said };
+  }
+
   it('times out hanging executors, frees their slots, and keeps serving other types through latency spikes', async () => {
     const s = await server({
       max_concurrent_tasks: 4,
@@ -230,30 +265,7 @@ describe('fault matrix', () => {
     const s = await server({ max_concurrent_tasks: 8 });
     const before = await submit(s, { task_type: 'CodeReview', description: 'before the lock' });
     await settled(s, [before.id]);
-    const holder: ChildProcess = spawn(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        join(import.meta.dirname, '..', 'fixtures', 'sqlite-lock-holder.ts'),
-        join(s.dir, 'test.db'),
-        '700',
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    cleanups.push(async () => {
-      holder.kill('SIGKILL');
-      await exited(holder);
-    });
-    let said = '';
-    holder.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-      said += chunk;
-    });
-    await waitFor(
-      async () => said,
-      (text) => text.includes('locked'),
-      'the other process to hold the write lock',
-    );
+    const lock = await holdWriteLock(s.dir, 700);
     // Sent while the lock is held: each write waits in SQLite's busy handler, then commits.
     const replies = await Promise.all([
       ...Array.from({ length: 20 }, (_, i) =>
@@ -266,8 +278,8 @@ describe('fault matrix', () => {
       request(s, 'GET', '/api/v1/agents/metrics'),
     ]);
     expect(replies.map((r) => r.status)).toEqual([...Array.from({ length: 20 }, () => 202), 201, 200, 200]);
-    await exited(holder);
-    expect(said).toContain('released');
+    await lock.exited;
+    expect(lock.said()).toContain('released');
     const ids = replies.slice(0, 20).map((r) => (r.body as TaskView).id);
     const tasks = await settled(s, ids);
     expect(tasks.map((t) => t.status)).toEqual(ids.map(() => 'succeeded'));
@@ -276,38 +288,15 @@ describe('fault matrix', () => {
   it('answers 503 store_unavailable with Retry-After, never 500, when the lock is held past the busy timeout, and recovers', async () => {
     const s = await server({ max_concurrent_tasks: 8 });
     // Longer than the store's 5 s busy timeout, so SQLite's own retrying gives up once.
-    const holder: ChildProcess = spawn(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        join(import.meta.dirname, '..', 'fixtures', 'sqlite-lock-holder.ts'),
-        join(s.dir, 'test.db'),
-        '5500',
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    cleanups.push(async () => {
-      holder.kill('SIGKILL');
-      await exited(holder);
-    });
-    let said = '';
-    holder.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-      said += chunk;
-    });
-    await waitFor(
-      async () => said,
-      (text) => text.includes('locked'),
-      'the other process to hold the write lock',
-    );
+    const lock = await holdWriteLock(s.dir, 5500);
     const refused = await request<ErrorReply>(s, 'POST', '/api/v1/agents/tasks', {
       json: { task_type: 'CodeGeneration', description: 'during a long lock' },
     });
     expect(refused.status, refused.text).toBe(503);
     expect(refused.body.error.code).toBe('store_unavailable');
     expect(Number(refused.headers.get('retry-after'))).toBeGreaterThan(0);
-    await exited(holder);
-    expect(said).toContain('released');
+    await lock.exited;
+    expect(lock.said()).toContain('released');
     // The client's retry after the lock is gone is accepted and runs; the engine survived the outage.
     const retried = await submit(s, { task_type: 'CodeGeneration', description: 'during a long lock' });
     const [task] = await settled(s, [retried.id]);
