@@ -16,6 +16,10 @@
  * - Agent creation takes an advisory lock, so the agent limit holds across processes (idle agents are
  *   reused without it).
  * - Every settle and checkpoint is fenced by the lease token, under a row lock on the task.
+ * - Leases and settles acknowledge nothing to a client, so they commit without waiting for the WAL
+ *   flush (`synchronous_commit = off` for their transaction only; see `relaxCommit` in pg/queries.ts).
+ *   A server crash can make a just-finished task run again, never lose an accepted one. Submits,
+ *   cancels, requeues and checkpoints commit synchronously.
  * - Submits, settles, requeues and reclaims `NOTIFY` a per-schema channel; `onWake` listeners in
  *   other processes fire on commit, so an idle process wakes within milliseconds.
  * - Lost connections surface as `StoreUnavailableError` (retryable) instead of hanging; the client
@@ -53,7 +57,6 @@ import type {
   BreakerRow,
   BreakerWrite,
   Db,
-  InstanceRow,
   StatsIncrement,
   TaskRow,
 } from './pg/queries.js';
@@ -699,7 +702,8 @@ export class PostgresStore implements Store {
       // A few statements for the whole batch instead of several per task; the statements of a step
       // are sent together (pipelined on the transaction's connection) and run in the order issued.
       // Tasks are locked in request order, then the agents of the settled tasks in request order.
-      const [lockedRows, attemptRows] = await Promise.all([
+      const [, lockedRows, attemptRows] = await Promise.all([
+        q.relaxCommit(tx),
         q.lockTasksForSettle(
           tx,
           requests.map((r) => ({ id: r.taskId, token: r.token })),

@@ -721,13 +721,16 @@ export class SqliteStore implements Store {
     let scanned = 0;
     let afterKey = Number.MAX_SAFE_INTEGER;
     let afterSeq = 0;
+    // The first page fits a small lease (reading 128 full rows to lease 16 is most of its cost); later
+    // pages, needed only when rows were skipped, are full size.
+    let pageSize = Math.min(LEASE_PAGE, Math.max(32, request.limit * 2));
     while (leased.length < request.limit && scanned < maxScan) {
       const page = this.all<CandidateRow>('leaseCandidates', {
         now,
         exclude,
         key: afterKey,
         seq: afterSeq,
-        page: LEASE_PAGE,
+        page: pageSize,
       });
       let done = false;
       for (const row of page) {
@@ -795,7 +798,8 @@ export class SqliteStore implements Store {
         const probe = probes.get(row.task_type);
         if (probe) this.saveBreaker({ ...probe, probeTaskId: row.id }, now);
       }
-      if (done || page.length < LEASE_PAGE) break;
+      if (done || page.length < pageSize) break;
+      pageSize = LEASE_PAGE;
     }
     return leased;
   }

@@ -1,6 +1,8 @@
+import type postgres from 'postgres';
 import { afterEach, describe, expect, it } from 'vitest';
 import { StoreUnavailableError } from '../../src/domain/errors.js';
 import { priorityKey } from '../../src/domain/priority.js';
+import * as q from '../../src/store/pg/queries.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { POSTGRES_MIGRATIONS } from '../../src/store/postgres-migrations.js';
 import {
@@ -237,6 +239,52 @@ describe('PostgresStore specifics', () => {
       'a wake-up on the re-established LISTEN connection',
       15_000,
     );
+  });
+
+  it('leases and settles commit without waiting for the WAL flush, and only their own transaction', async () => {
+    schema = freshSchemaName('relax');
+    const store = await connect();
+    await store.submitBatch([task('t1')], LIMITS);
+    const seen = await withAdminSql(databaseUrl(), async (sql) => {
+      const setting = async (db: postgres.Sql | postgres.TransactionSql) => {
+        const [row] = await db<{ v: string }[]>`SELECT current_setting('synchronous_commit') AS v`;
+        return row?.v;
+      };
+      const before = await setting(sql);
+      const lease = await sql.begin(async (tx) => {
+        await tx.unsafe(`SET LOCAL search_path TO "${schema}"`);
+        const rows = await q.leaseTasks(tx as unknown as q.Db, {
+          owner: 'relaxed',
+          limit: 1,
+          nowMs: T0 + 1000,
+          expiresMs: T0 + 31_000,
+          excludeTypes: [],
+          typeCaps: {},
+          maxAgentsPerUser: 10,
+          agentIds: ['agent-relaxed'],
+          tokens: ['token-relaxed'],
+          maxScan: 100,
+          breakerTimeoutMs: 60_000,
+          typeLimits: {},
+          headroom: {},
+          stopKeys: { urgent: 0, high: 0, medium: 0, low: 0 },
+        });
+        return { leased: rows.map((r) => r.o_task.id), setting: await setting(tx) };
+      });
+      const settle = await sql.begin(async (tx) => {
+        await q.relaxCommit(tx as unknown as q.Db);
+        return setting(tx);
+      });
+      return { before, lease, settle, after: await setting(sql) };
+    });
+    // The lease is relaxed inside its own statement; on the same connection the next transaction (a
+    // submit, say) commits synchronously again.
+    expect(seen).toEqual({
+      before: 'on',
+      lease: { leased: ['t1'], setting: 'off' },
+      settle: 'off',
+      after: 'on',
+    });
   });
 
   it('rejects calls after close with StoreUnavailableError, and close is idempotent', async () => {

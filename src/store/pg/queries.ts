@@ -102,6 +102,18 @@ export async function createSchema(db: Db, schema: string): Promise<void> {
 }
 
 /**
+ * Commits the current transaction without waiting for its WAL flush (`synchronous_commit = off` for
+ * this transaction only). For writes that acknowledge nothing to a client (leases, settles): if the
+ * server crashes, the last such commits (at most about 3 × `wal_writer_delay`) may be lost, which leaves
+ * a task queued or running on a lease that runs out and is reclaimed, so it runs again; nothing
+ * acknowledged is lost, because every later synchronous commit (a submit) flushes the WAL written
+ * before it. `relaxedLease` in `leaseTasks` is the same, inside the lease statement.
+ */
+export async function relaxCommit(db: Db): Promise<void> {
+  await db`SELECT set_config('synchronous_commit', 'off', true)`;
+}
+
+/**
  * Takes a transaction-level advisory lock named `name` within the current schema (so stores in other
  * schemas of the same database do not contend). Released at commit or rollback.
  */
@@ -223,12 +235,14 @@ export interface LeaseParams {
  * limits, the priority headroom and the agent policy, in one transaction.
  */
 export async function leaseTasks(db: Db, p: LeaseParams): Promise<LeaseRow[]> {
-  return db<LeaseRow[]>`SELECT * FROM agentfleet_lease_v3(${p.owner}, ${p.limit}, ${p.nowMs}, ${p.expiresMs},
+  // The one-row subquery relaxes the statement's own commit (see relaxCommit): one round trip still.
+  return db<LeaseRow[]>`SELECT lease.* FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed,
+    agentfleet_lease_v3(${p.owner}, ${p.limit}, ${p.nowMs}, ${p.expiresMs},
     ${[...p.excludeTypes]}::text[], ${JSON.stringify(p.typeCaps)}::text::jsonb, ${p.maxAgentsPerUser},
     ${[...p.agentIds]}::text[], ${[...p.tokens]}::text[], ${p.maxScan},
     hashtext(current_schema() || ':agents'), ${p.breakerTimeoutMs},
     ${JSON.stringify(p.typeLimits)}::text::jsonb, hashtext(current_schema() || ':type-limits'),
-    ${JSON.stringify(p.headroom)}::text::jsonb, ${JSON.stringify(p.stopKeys)}::text::jsonb)`;
+    ${JSON.stringify(p.headroom)}::text::jsonb, ${JSON.stringify(p.stopKeys)}::text::jsonb) AS lease`;
 }
 
 /**
