@@ -43,8 +43,13 @@ export interface ProcessorDeps {
 }
 
 interface RunningTask {
-  controller: AbortController;
   token: string;
+  /** Why the attempt was interrupted (cancel, timeout, shutdown, lost lease); set once. */
+  aborted: { reason: unknown } | null;
+  /** Ends the attempt's run at once with the reason; set while the executor runs. */
+  interrupt: ((reason: unknown) => void) | null;
+  /** The executor's `signal`, made when it first reads it (most in-process handlers never do). */
+  controller: AbortController | null;
   done: Promise<void>;
   /** When the attempt times out (clock ms), and its limit for the error message. */
   deadline: number;
@@ -172,7 +177,7 @@ export class QueueProcessor {
   /** Interrupts every running attempt with `reason` and waits until each has settled. */
   async abortAll(reason: Error): Promise<void> {
     const running = [...this.running.values()];
-    for (const task of running) task.controller.abort(reason);
+    for (const task of running) abortAttempt(task, reason);
     await Promise.all(running.map((r) => r.done));
   }
 
@@ -180,7 +185,7 @@ export class QueueProcessor {
   cancelLocal(taskId: string): boolean {
     const task = this.running.get(taskId);
     if (!task) return false;
-    task.controller.abort(new TaskCancelledError());
+    abortAttempt(task, new TaskCancelledError());
     return true;
   }
 
@@ -297,20 +302,21 @@ export class QueueProcessor {
 
   /** Starts one leased task; its slot is already held and is released when it settles. */
   private begin(leased: LeasedTask): void {
-    const controller = new AbortController();
     const binding = this.deps.executorFor(leased.task.task_type);
     const timeoutMs = leased.task.timeout_ms ?? binding?.timeoutMs ?? this.deps.options.defaultTimeoutMs;
     const deadline = this.deps.options.clock.now() + timeoutMs;
     const entry: RunningTask = {
-      controller,
       token: leased.token,
+      aborted: null,
+      interrupt: null,
+      controller: null,
       done: Promise.resolve(),
       deadline,
       timeoutMs,
     };
     this.running.set(leased.task.id, entry);
     this.armDeadline(deadline);
-    entry.done = this.execute(leased, controller, binding);
+    entry.done = this.execute(leased, entry, binding);
   }
 
   /** Makes the deadline timer fire no later than `at`. */
@@ -329,8 +335,8 @@ export class QueueProcessor {
     const now = this.deps.options.clock.now();
     let next = Number.POSITIVE_INFINITY;
     for (const entry of this.running.values()) {
-      if (entry.controller.signal.aborted) continue;
-      if (entry.deadline <= now) entry.controller.abort(new TaskTimeoutError(entry.timeoutMs));
+      if (entry.aborted) continue;
+      if (entry.deadline <= now) abortAttempt(entry, new TaskTimeoutError(entry.timeoutMs));
       else next = Math.min(next, entry.deadline);
     }
     if (next !== Number.POSITIVE_INFINITY) this.armDeadline(next);
@@ -338,7 +344,7 @@ export class QueueProcessor {
 
   private async execute(
     leased: LeasedTask,
-    controller: AbortController,
+    entry: RunningTask,
     binding: ExecutorBinding | undefined,
   ): Promise<void> {
     const { options, checkpoints, events } = this.deps;
@@ -369,21 +375,23 @@ export class QueueProcessor {
       const result = await runAbortable(
         () =>
           binding.executor.run(task, {
-            signal: controller.signal,
+            get signal() {
+              return signalOf(entry);
+            },
             attempt: task.attempts,
             lastCheckpoint: checkpoints.parse(leased.checkpointJson),
             checkpoint: async (state) => {
               try {
                 await checkpoints.save(task.id, token, state, clock.now());
               } catch (error) {
-                if (isAgentfleetError(error, 'stale_lease')) controller.abort(error);
+                if (isAgentfleetError(error, 'stale_lease')) abortAttempt(entry, error);
                 throw error;
               }
             },
             log: (message, data) =>
               logger.info({ ...data, task_id: task.id, attempt: task.attempts, agent_id: agent.id }, message),
           }),
-        controller.signal,
+        entry,
       );
       settlement = {
         kind: 'succeeded',
@@ -391,7 +399,7 @@ export class QueueProcessor {
       };
       usage = tokenUsageOf(result);
     } catch (thrown) {
-      const error = controller.signal.aborted ? (controller.signal.reason as unknown) : thrown;
+      const error = entry.aborted ? entry.aborted.reason : thrown;
       settlement = this.classify(leased, error);
     }
     try {
@@ -561,18 +569,31 @@ function verdictOf(settlement: Settlement): BreakerVerdict {
   return 'abandon';
 }
 
+/** Interrupts a running attempt: its signal (if the executor asked for it) fires and its run ends. */
+function abortAttempt(entry: RunningTask, reason: unknown): void {
+  if (entry.aborted) return;
+  entry.aborted = { reason };
+  entry.controller?.abort(reason);
+  entry.interrupt?.(reason);
+}
+
+/** The attempt's abort signal, made on first use and already aborted if the attempt was. */
+function signalOf(entry: RunningTask): AbortSignal {
+  if (!entry.controller) {
+    entry.controller = new AbortController();
+    if (entry.aborted) entry.controller.abort(entry.aborted.reason);
+  }
+  return entry.controller.signal;
+}
+
 /**
- * Runs an executor call but settles as soon as `signal` aborts, so an executor that ignores its signal
- * cannot hold a slot past a cancel, a timeout or the drain deadline.
+ * Runs an executor call but settles as soon as the attempt is interrupted, so an executor that ignores
+ * its signal cannot hold a slot past a cancel, a timeout or the drain deadline.
  */
-function runAbortable<T>(run: () => Promise<T>, signal: AbortSignal): Promise<T> {
+function runAbortable<T>(run: () => Promise<T>, entry: RunningTask): Promise<T> {
+  if (entry.aborted) return Promise.reject(entry.aborted.reason);
   return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    if (signal.aborted) {
-      onAbort();
-      return;
-    }
-    signal.addEventListener('abort', onAbort, { once: true });
+    entry.interrupt = reject;
     let call: Promise<T>;
     try {
       call = Promise.resolve(run());
@@ -581,11 +602,11 @@ function runAbortable<T>(run: () => Promise<T>, signal: AbortSignal): Promise<T>
     }
     call.then(
       (value) => {
-        signal.removeEventListener('abort', onAbort);
+        entry.interrupt = null;
         resolve(value);
       },
       (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
+        entry.interrupt = null;
         reject(error);
       },
     );

@@ -8,7 +8,6 @@
  *
  * All SQL of the store lives here and in sqlite-migrations.ts. Statements are prepared once.
  */
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -32,6 +31,7 @@ import {
   UserTaskLimitError,
   ValidationError,
 } from '../domain/errors.js';
+import { randomHex } from '../domain/ids.js';
 import { priorityKey } from '../domain/priority.js';
 import {
   type AttemptView,
@@ -708,7 +708,7 @@ export class SqliteStore implements Store {
     // Idle agents read ahead per (user, type) pair, least recently used first; each is used once.
     const idle = new Map<string, AgentRow[]>();
     // One random prefix per call; a counter makes each token of the call unique.
-    const tokenPrefix = randomBytes(12).toString('hex');
+    const tokenPrefix = randomHex(12);
     const headroom = request.headroom ?? {};
     // The lowest priority that may still be leased in this call; null when none may.
     const lowestAllowed = (): Priority | null => {

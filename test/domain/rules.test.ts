@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { retryDelayMs } from '../../src/domain/backoff.js';
 import { seededRandom } from '../../src/domain/clock.js';
 import { describeError, isRetryable, TaskFailedError, ValidationError } from '../../src/domain/errors.js';
-import { newId } from '../../src/domain/ids.js';
+import { newId, randomHex } from '../../src/domain/ids.js';
 import { PRIORITY_POINTS, priorityKey, priorityScore } from '../../src/domain/priority.js';
 
 const SPEC_BACKOFF = { initialDelayMs: 500, maxDelayMs: 30_000, multiplier: 2, jitter: 0.1 };
@@ -73,5 +73,21 @@ describe('errors and ids', () => {
     expect(a).toMatch(/^task_[0-9a-z]{26}$/);
     expect(a.slice(5, 15) < b.slice(5, 15)).toBe(true);
     expect(new Set(Array.from({ length: 1000 }, () => newId('x', 5))).size).toBe(1000);
+  });
+
+  it('draws ids and tokens from a pooled random source that never repeats across refills', () => {
+    // 10,000 ids and tokens span many 4 KiB refills of the pool; ids and tokens take turns in it.
+    const ids = new Set<string>();
+    const tokens = new Set<string>();
+    for (let i = 0; i < 10_000; i++) {
+      ids.add(newId('t', 0).slice(11));
+      tokens.add(randomHex(12));
+    }
+    expect(ids.size).toBe(10_000);
+    expect(tokens.size).toBe(10_000);
+    expect([...tokens].every((t) => /^[0-9a-f]{24}$/.test(t))).toBe(true);
+    // Every base32 character shows up in the random part (a stuck byte would not).
+    const chars = new Set([...ids].join(''));
+    expect(chars.size).toBe(32);
   });
 });

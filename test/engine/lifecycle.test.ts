@@ -40,6 +40,30 @@ describe('cancellation, timeouts and shutdown', () => {
     expect(done.finished_at).not.toBeNull();
   });
 
+  it('hands an executor that first looks at its signal after a cancel a signal already aborted with the reason', async () => {
+    fleet = openFleet();
+    const look = gate();
+    let seen: { aborted: boolean; reason: unknown } | null = null;
+    let ended: 'settled' | 'still running' = 'still running';
+    fleet.manager.handle('Work', async (_task, ctx) => {
+      await look.promise;
+      seen = { aborted: ctx.signal.aborted, reason: ctx.signal.reason };
+      ended = 'settled';
+    });
+    const task = await fleet.manager.submit({ task_type: 'Work', description: 'x' });
+    await fleet.manager.start();
+    await waitFor(async () => (await fleet.manager.getTask(task.id)).status === 'running', 'running');
+    await fleet.manager.cancel(task.id);
+    // The attempt ends cancelled although the handler has not returned (it never read its signal).
+    await waitFor(async () => (await fleet.manager.getTask(task.id)).status === 'cancelled', 'cancelled');
+    expect(ended).toBe('still running');
+    look.open();
+    await waitFor(() => seen !== null, 'the handler to look');
+    const { aborted, reason } = seen as unknown as { aborted: boolean; reason: unknown };
+    expect(aborted).toBe(true);
+    expect(isAgentfleetError(reason, 'cancelled')).toBe(true);
+  });
+
   it('times out an attempt at timeout_ms and retries it', async () => {
     fleet = openFleet({ circuitBreakerThreshold: 100 });
     let runs = 0;
