@@ -11,8 +11,9 @@
  *   transaction; a success on a closed breaker with no failures reads one row and writes nothing.
  * - Cluster-wide type limits take one advisory lock per limited type (in key order) inside the lease,
  *   then count that type's running tasks, so the limit holds across processes.
- * - Admission (queue capacity, per-user limit, idempotency) runs under one advisory lock per schema,
- *   so counts are exact across processes; batches are group-committed, so the lock is taken per batch.
+ * - Submitting is one call of the plpgsql function `agentfleet_submit_v1` (one round trip). Admission
+ *   (queue capacity, per-user limit, idempotency) runs in it under one advisory lock per schema, so
+ *   counts are exact across processes; batches are group-committed, so the lock is taken per batch.
  * - Agent creation takes an advisory lock, so the agent limit holds across processes (idle agents are
  *   reused without it).
  * - Every settle and checkpoint is fenced by the lease token, under a row lock on the task.
@@ -532,79 +533,42 @@ export class PostgresStore implements Store {
     }
   }
 
-  /** Inserts tasks in one transaction, checking admission per task in order. */
+  /**
+   * Inserts tasks in one transaction (one round trip), checking admission per task in order. A single
+   * statement: a dropped connection surfaces as StoreUnavailableError and is not retried here, since
+   * the submit may have committed; only conflicts (rolled back whole) are retried.
+   */
   async submitBatch(tasks: readonly NewTask[], limits: AdmissionLimits): Promise<SubmitOutcome[]> {
     if (tasks.length === 0) return [];
-    return this.run('tx', async (tx) => {
-      // Serialises admission across processes so capacity and per-user counts are exact. The reads
-      // are sent with the lock (pipelined on the transaction's connection) and run after it, in order;
-      // the inserts are then sent together. The checks below are the one-task-at-a-time checks, with
-      // this batch's own inserts counted in memory.
-      const keyOf = (userId: string, key: string) => `${userId}\u0000${key}`;
-      const keyed = new Map<string, NewTask>();
-      for (const task of tasks) {
-        if (task.idempotencyKey === null) continue;
-        const k = keyOf(task.userId, task.idempotencyKey);
-        if (!keyed.has(k)) keyed.set(k, task);
+    // agentfleet_submit_v1 serialises admission across processes under the admission lock, so capacity
+    // and per-user counts are exact, and applies the one-task-at-a-time checks with this batch's own
+    // inserts counted.
+    const rows = await this.run('statement', (db) =>
+      q.submitTasks(db, {
+        tasks,
+        queueCapacity: limits.queueCapacity,
+        maxTasksPerUser: limits.maxTasksPerUser,
+        channel: this.channel,
+        payload: this.instanceId,
+      }),
+    );
+    if (rows.length !== tasks.length) {
+      throw new Error(`the submit of ${tasks.length} tasks returned ${rows.length} outcomes`);
+    }
+    return rows.map((r, i): SubmitOutcome => {
+      if (r.o_ord !== i + 1) throw new Error(`submit outcome ${i + 1} came back as ${r.o_ord}`);
+      switch (r.o_kind) {
+        case 'queue_full':
+          return { ok: false, error: new QueueFullError(limits.queueCapacity) };
+        case 'user_limit':
+          return { ok: false, error: new UserTaskLimitError(limits.maxTasksPerUser) };
+        case 'inserted':
+        case 'duplicate':
+          if (r.o_task === null) throw new Error(`submit outcome ${i + 1} (${r.o_kind}) has no task row`);
+          return { ok: true, task: toTaskView(r.o_task), duplicate: r.o_kind === 'duplicate' };
+        default:
+          throw new Error(`submit outcome ${i + 1} has an unknown kind: ${String(r.o_kind)}`);
       }
-      const users = [...new Set(tasks.map((t) => t.userId))];
-      const [, queuedNow, userCounts, existingRows] = await Promise.all([
-        q.lockNamed(tx, 'admission'),
-        q.countQueued(tx),
-        Promise.all(users.map((u) => q.countUserActive(tx, u))),
-        Promise.all([...keyed.values()].map((t) => q.taskByKey(tx, t.userId, t.idempotencyKey ?? ''))),
-      ]);
-      const existing = new Map<string, TaskRow>();
-      for (const row of existingRows) {
-        if (row && row.idempotency_key !== null) existing.set(keyOf(row.user_id, row.idempotency_key), row);
-      }
-      const active = new Map<string, number>();
-      for (const [i, u] of users.entries()) active.set(u, userCounts[i] ?? 0);
-      let queued = queuedNow;
-      // Per task: its outcome, or the index of the insert (of this batch) it is or duplicates.
-      const plan: ({ outcome: SubmitOutcome } | { insert: number; duplicate: boolean })[] = [];
-      const inserts: NewTask[] = [];
-      // Idempotency keys inserted by this batch, with their insert's index.
-      const insertedKeys = new Map<string, number>();
-      for (const task of tasks) {
-        if (task.idempotencyKey !== null) {
-          const k = keyOf(task.userId, task.idempotencyKey);
-          const row = existing.get(k);
-          if (row) {
-            plan.push({ outcome: { ok: true, task: toTaskView(row), duplicate: true } });
-            continue;
-          }
-          const earlier = insertedKeys.get(k);
-          if (earlier !== undefined) {
-            plan.push({ insert: earlier, duplicate: true });
-            continue;
-          }
-        }
-        const userActive = active.get(task.userId) ?? 0;
-        if (queued >= limits.queueCapacity) {
-          plan.push({ outcome: { ok: false, error: new QueueFullError(limits.queueCapacity) } });
-        } else if (userActive >= limits.maxTasksPerUser) {
-          plan.push({ outcome: { ok: false, error: new UserTaskLimitError(limits.maxTasksPerUser) } });
-        } else {
-          if (task.idempotencyKey !== null) {
-            insertedKeys.set(keyOf(task.userId, task.idempotencyKey), inserts.length);
-          }
-          plan.push({ insert: inserts.length, duplicate: false });
-          inserts.push(task);
-          queued++;
-          active.set(task.userId, userActive + 1);
-        }
-      }
-      const [rows] = await Promise.all([
-        Promise.all(inserts.map((task) => q.insertTask(tx, task))),
-        inserts.length > 0 ? q.notify(tx, this.channel, this.instanceId) : Promise.resolve(),
-      ]);
-      return plan.map((p): SubmitOutcome => {
-        if ('outcome' in p) return p.outcome;
-        const row = rows[p.insert];
-        if (!row) throw new Error('an insert of the submit batch returned no row');
-        return { ok: true, task: toTaskView(row), duplicate: p.duplicate };
-      });
     });
   }
 

@@ -1,6 +1,6 @@
 import type postgres from 'postgres';
 import { afterEach, describe, expect, it } from 'vitest';
-import { StoreUnavailableError } from '../../src/domain/errors.js';
+import { QueueFullError, StoreUnavailableError, UserTaskLimitError } from '../../src/domain/errors.js';
 import { priorityKey } from '../../src/domain/priority.js';
 import * as q from '../../src/store/pg/queries.js';
 import { PostgresStore } from '../../src/store/postgres.js';
@@ -191,6 +191,64 @@ describe('PostgresStore specifics', () => {
     );
     await waitFor(() => settled, 'a wake-up after the other store settled', 10_000);
     expect(wakes).toBe(1);
+  });
+
+  it('stores submitting at once in several processes keep capacity, per-user limits and keys exact', async () => {
+    schema = freshSchemaName('admit');
+    const stores = await Promise.all([connect(), connect(), connect(), connect()]);
+    const limits = { queueCapacity: 80, maxTasksPerUser: 30 };
+    // Each store sends six batches of eight at once; batch b of every store reuses key `shared-b` of u0.
+    const submitted = stores.flatMap((store, s) =>
+      Array.from({ length: 6 }, (_, b) =>
+        store.submitBatch(
+          Array.from({ length: 8 }, (_, j) => ({
+            ...task(`s${s}-b${b}-${j}`, `u${j % 3}`),
+            idempotencyKey: j === 0 ? `shared-${b}` : null,
+          })),
+          limits,
+        ),
+      ),
+    );
+    const outcomes = (await Promise.all(submitted)).flat();
+    const inserted = outcomes.flatMap((o) => (o.ok && !o.duplicate ? [o.task] : []));
+    expect(inserted).toHaveLength(80);
+    expect((await stores[0]?.countTasks(null))?.queued).toBe(80);
+    for (const user of ['u0', 'u1', 'u2']) {
+      expect(inserted.filter((t) => t.user_id === user).length).toBeLessThanOrEqual(30);
+    }
+    for (const o of outcomes) {
+      if (!o.ok) expect([QueueFullError, UserTaskLimitError]).toContain(o.error.constructor);
+    }
+    // Every key names one task, whichever store saw it first.
+    for (let b = 0; b < 6; b++) {
+      const ids = new Set(
+        outcomes.flatMap((o) => (o.ok && o.task.idempotency_key === `shared-${b}` ? [o.task.id] : [])),
+      );
+      expect(ids.size).toBeLessThanOrEqual(1);
+    }
+  });
+
+  it('a submit waits while another transaction holds the admission lock that requeues take', async () => {
+    schema = freshSchemaName('lock');
+    const store = await connect();
+    // The transaction holds the lock the way the requeue path (and the submit code before migration 4)
+    // takes it; the submit must wait for its commit.
+    const { submit } = await withAdminSql(databaseUrl(), (sql) =>
+      sql.begin(async (tx) => {
+        await tx.unsafe(`SET LOCAL search_path TO "${schema}"`);
+        await q.lockNamed(tx as unknown as q.Db, 'admission');
+        let done = false;
+        const pending = store.submitBatch([task('waits')], LIMITS).finally(() => {
+          done = true;
+        });
+        await new Promise<void>((resolve) => setTimeout(resolve, 300));
+        expect(done).toBe(false);
+        // Wrapped, so the transaction commits without waiting for the submit.
+        return { submit: pending };
+      }),
+    );
+    const [outcome] = await submit;
+    expect(outcome?.ok).toBe(true);
   });
 
   it('after pg_terminate_backend, calls recover or fail with StoreUnavailableError, and nothing committed is lost', async () => {

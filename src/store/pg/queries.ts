@@ -166,26 +166,58 @@ export async function countUserActive(db: Db, userId: string): Promise<number> {
   return row?.n ?? 0;
 }
 
-/** The task of `userId` with idempotency key `key`, if any. */
-export async function taskByKey(db: Db, userId: string, key: string): Promise<TaskRow | undefined> {
-  const [row] = await db<
-    TaskRow[]
-  >`SELECT * FROM tasks WHERE user_id = ${userId} AND idempotency_key = ${key}`;
-  return row;
+/** One row `agentfleet_submit_v1` returns: what became of the task at batch position `o_ord` (1-based). */
+export interface SubmitRow {
+  o_ord: number;
+  /** `duplicate`: `o_task` is the task already holding the idempotency key (stored, or inserted earlier in the batch). */
+  o_kind: 'inserted' | 'duplicate' | 'queue_full' | 'user_limit';
+  /** The task row, for `inserted` and `duplicate`; null when refused. */
+  o_task: TaskRow | null;
 }
 
-/** Inserts `task` as queued, eligible at its creation time; returns the row. */
-export async function insertTask(db: Db, task: NewTask): Promise<TaskRow> {
-  const [row] = await db<
-    TaskRow[]
-  >`INSERT INTO tasks (id, user_id, task_type, description, priority, priority_key,
-      status, max_retries, timeout_ms, input_json, idempotency_key, created_at, run_at)
-    VALUES (${task.id}, ${task.userId}, ${task.taskType}, ${task.description}, ${task.priority}, ${task.priorityKey},
-      'queued', ${task.maxRetries}, ${task.timeoutMs}, ${task.inputJson}, ${task.idempotencyKey}, ${task.createdAtMs},
-      ${task.createdAtMs})
-    RETURNING *`;
-  if (!row) throw new Error(`insert of task ${task.id} returned no row`);
-  return row;
+/** Parameters of `submitTasks` (see the `agentfleet_submit_v1` function in migration 4). */
+export interface SubmitParams {
+  /** The batch, in order; each is inserted as queued, eligible at its creation time. */
+  tasks: readonly NewTask[];
+  /** Most queued tasks (`AdmissionLimits.queueCapacity`). */
+  queueCapacity: number;
+  /** Most active (queued + running) tasks per user (`AdmissionLimits.maxTasksPerUser`). */
+  maxTasksPerUser: number;
+  /** Channel notified once, at commit, when anything was inserted. */
+  channel: string;
+  /** Payload of that notification (the submitting instance's id, so it ignores its own). */
+  payload: string;
+}
+
+/**
+ * Admits and inserts a batch in one round trip (plpgsql `agentfleet_submit_v1`): under the schema's
+ * admission lock (the key `lockNamed(db, 'admission')` takes), each task in order is a duplicate of
+ * the task holding its idempotency key, refused (queue full, then user limit), or inserted. One row per
+ * task, in batch order. A single statement, so it commits (synchronously) as a whole or not at all.
+ */
+export async function submitTasks(db: Db, p: SubmitParams): Promise<SubmitRow[]> {
+  // Text goes through asUtf8: the batch is one JSON document, and each string must be stored as it was
+  // when it was sent as a parameter of its own.
+  const batch = p.tasks.map((t) => ({
+    id: t.id,
+    user_id: asUtf8(t.userId),
+    task_type: asUtf8(t.taskType),
+    description: asUtf8(t.description),
+    priority: t.priority,
+    priority_key: t.priorityKey,
+    max_retries: t.maxRetries,
+    timeout_ms: t.timeoutMs,
+    input_json: asUtf8(t.inputJson),
+    idempotency_key: asUtf8(t.idempotencyKey),
+    created_at: t.createdAtMs,
+  }));
+  const rows = await db<
+    SubmitRow[]
+  >`SELECT s.* FROM agentfleet_submit_v1(${JSON.stringify(batch)}::text::jsonb,
+    ${p.queueCapacity}, ${p.maxTasksPerUser}, hashtextextended(current_schema() || ':admission', 0),
+    ${p.channel}, ${p.payload}) AS s
+    ORDER BY s.o_ord`;
+  return [...rows];
 }
 
 /** Sends `payload` on `channel`; delivered to listeners when the transaction commits. */
