@@ -252,8 +252,14 @@ export class QueueProcessor {
         continue;
       }
       if (!this.leasing) break;
-      await this.refreshBreakers();
-      await this.waitForWake((await this.nextWakeAt()) - clock.now());
+      // Woken while leasing (a submit, a freed slot): lease again before anything else. On PostgreSQL
+      // each read below is a round trip, and a submit waiting behind them waits that much longer.
+      if (this.wakePending) continue;
+      // Both reads at once (one round trip on PostgreSQL). The run-time read skips the types this
+      // process saw blocked before the breaker read; a type another process has just opened costs at
+      // most one lease that finds nothing, after which the refreshed view excludes it.
+      const [, runAt] = await Promise.all([this.refreshBreakers(), this.nextRunAt()]);
+      await this.waitForWake(this.nextWakeAt(runAt) - clock.now());
     }
   }
 
@@ -267,21 +273,25 @@ export class QueueProcessor {
     }
   }
 
-  /** When the loop must look again: the next delayed retry, breaker half-open, or the safety poll. */
-  private async nextWakeAt(): Promise<number> {
-    const { store, options, breakers } = this.deps;
-    const now = options.clock.now();
-    let at = now + options.pollIntervalMs;
+  /** The earliest `run_at` of a delayed task this process could lease, or null (also when it has no free slot). */
+  private async nextRunAt(): Promise<number | null> {
+    const { store, options, breakers, slots } = this.deps;
+    if (slots.available === 0) return null;
+    try {
+      return await store.nextRunAt(options.clock.now(), breakers.blockedTypes());
+    } catch (error) {
+      options.logger.warn({ err: error }, 'could not read the next run time');
+      return null;
+    }
+  }
+
+  /** When the loop must look again: the next delayed retry (`runAt`), breaker half-open, or the safety poll. */
+  private nextWakeAt(runAt: number | null): number {
+    const { options, breakers } = this.deps;
+    let at = options.clock.now() + options.pollIntervalMs;
     const breakerAt = breakers.nextTransitionAtMs();
     if (breakerAt !== null) at = Math.min(at, breakerAt);
-    if (this.deps.slots.available > 0) {
-      try {
-        const runAt = await store.nextRunAt(now, breakers.blockedTypes());
-        if (runAt !== null) at = Math.min(at, runAt);
-      } catch (error) {
-        options.logger.warn({ err: error }, 'could not read the next run time');
-      }
-    }
+    if (runAt !== null) at = Math.min(at, runAt);
     return at;
   }
 
