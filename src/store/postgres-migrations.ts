@@ -683,15 +683,10 @@ BEGIN
     o_ord := b.ord;
     IF b.idempotency_key IS NOT NULL THEN
       pair := jsonb_build_array(b.user_id, b.idempotency_key)::text;
-      IF stored ? pair THEN
+      -- A stored task first, else one this batch inserted.
+      IF stored ? pair OR inserted ? pair THEN
         o_kind := 'duplicate';
-        o_task := stored -> pair;
-        RETURN NEXT;
-        CONTINUE;
-      END IF;
-      IF inserted ? pair THEN
-        o_kind := 'duplicate';
-        o_task := inserted -> pair;
+        o_task := COALESCE(stored -> pair, inserted -> pair);
         RETURN NEXT;
         CONTINUE;
       END IF;
