@@ -327,15 +327,15 @@ describe('fault matrix', () => {
           }).finally(() => {
             answered = true;
           });
-          // Hold the lock until the submission's admission count has waited, timed out and been
-          // started again: two waits of that statement with different start times prove the retry.
+          // Hold the lock until the submission's statement has waited, timed out and been started
+          // again: two waits of that statement with different start times prove the retry.
           const starts = new Set<string>();
           await withAdminSql(database.url, (watcher) =>
             waitFor(
               async () => {
                 const rows = await watcher<{ started: string }[]>`SELECT query_start::text AS started
                   FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
-                  AND query ILIKE '%count(*)%tasks%status = ''queued''%'`;
+                  AND query ILIKE '%agentfleet_submit_v1%'`;
                 for (const row of rows) starts.add(row.started);
                 return starts.size;
               },
