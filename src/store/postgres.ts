@@ -534,16 +534,20 @@ export class PostgresStore implements Store {
   }
 
   /**
-   * Inserts tasks in one transaction (one round trip), checking admission per task in order. A single
-   * statement: a dropped connection surfaces as StoreUnavailableError and is not retried here, since
-   * the submit may have committed; only conflicts (rolled back whole) are retried.
+   * Inserts tasks in one transaction, checking admission per task in order: one statement, run inside
+   * `transaction` (BEGIN, the call, COMMIT) rather than on its own. A lone statement whose connection
+   * was terminated could leave its promise pending for good, and a submit batch that never settles
+   * holds every later submission of this process behind it (seen when every backend was terminated
+   * mid-run); the transaction wrapper always settles. A dropped connection surfaces as
+   * StoreUnavailableError and is not retried here, since the submit may have committed; only conflicts
+   * (rolled back whole) are retried.
    */
   async submitBatch(tasks: readonly NewTask[], limits: AdmissionLimits): Promise<SubmitOutcome[]> {
     if (tasks.length === 0) return [];
     // agentfleet_submit_v1 serialises admission across processes under the admission lock, so capacity
     // and per-user counts are exact, and applies the one-task-at-a-time checks with this batch's own
     // inserts counted.
-    const rows = await this.run('statement', (db) =>
+    const rows = await this.run('tx', (db) =>
       q.submitTasks(db, {
         tasks,
         queueCapacity: limits.queueCapacity,

