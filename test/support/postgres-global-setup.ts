@@ -34,7 +34,11 @@ export interface EmbeddedServer {
  * failed test run (exit code 1, set by vitest) into a passing one. Loaded only when a test needs it,
  * and with this guard an explicit exit 0 keeps the exit code the run has already set.
  */
+let exitGuarded = false;
 function keepFailingExitCode(): void {
+  // Once per process: a test that starts several servers would otherwise wrap it again each time.
+  if (exitGuarded) return;
+  exitGuarded = true;
   const exit = process.exit.bind(process);
   process.exit = ((code?: number | string | null) =>
     exit(code === 0 && process.exitCode ? process.exitCode : code)) as typeof process.exit;
