@@ -164,7 +164,9 @@ export function createErrorHandler(bodyLimitBytes: number) {
  * Answers a request Node's HTTP parser refused (malformed request line or header, header block too
  * large, request too slow) in the same `{error: {code, message}}` shape as every other error, then
  * closes the connection: after a parse error the rest of the stream cannot be trusted. Fastify's own
- * handler would send a different shape. A reset connection gets nothing.
+ * handler would send a different shape. A reset connection gets nothing, and neither does one whose
+ * request was already being answered (a route can reply before the parser reaches a bad body): a second
+ * status line would be read as the first reply's body.
  */
 export function handleClientError(error: Error & { code?: string }, socket: Socket): void {
   if (error.code === 'ECONNRESET' || socket.destroyed) return;
@@ -179,7 +181,8 @@ export function handleClientError(error: Error & { code?: string }, socket: Sock
   }
   const body: ErrorBody = { error: { code: 'invalid_input', message } };
   const text = JSON.stringify(body);
-  if (socket.writable) {
+  const inFlight = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
+  if (socket.writable && !inFlight?.headersSent) {
     socket.write(
       `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\n` +
         `content-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`,
