@@ -610,6 +610,28 @@ function logEvent(event) {
   while (list.children.length > 200) list.lastElementChild.remove();
 }
 
+/** Tasks whose row is being fetched, each with whether an event about it came in meanwhile. */
+const fetching = new Map();
+
+/**
+ * Fetches a new task whole, so its row shows the description. The reply may be older than an event
+ * that arrives while it is on the way (a short task can start and finish in the meantime, and an
+ * event about a task not yet in the table has nothing to update), so it asks again until no event came
+ * in during a request.
+ */
+function fetchTask(id) {
+  fetching.set(id, false);
+  api(`/api/v1/agents/tasks/${encodeURIComponent(id)}`).then(
+    (task) => {
+      const changed = fetching.get(id);
+      fetching.delete(id);
+      upsertTask(task);
+      if (changed) fetchTask(id);
+    },
+    () => fetching.delete(id),
+  );
+}
+
 function onEvent(event) {
   logEvent(event);
   noteType(event.task_type);
@@ -628,10 +650,9 @@ function onEvent(event) {
           ? { finished_at: event.at }
           : {}),
       });
-    } else if (event.type === 'task.queued') {
-      // A new task: fetch it whole so the row shows its description.
-      api(`/api/v1/agents/tasks/${encodeURIComponent(event.task_id)}`).then(upsertTask, () => {});
     }
+    if (fetching.has(event.task_id)) fetching.set(event.task_id, true);
+    else if (!known && event.type === 'task.queued') fetchTask(event.task_id);
     if (event.task_id === state.selected) scheduleDetail();
     if (event.type === 'task.succeeded' || event.type === 'task.failed') renderCharts();
   }

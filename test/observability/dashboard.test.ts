@@ -162,4 +162,30 @@ describe('dashboard in headless Chromium', () => {
     expect(pageErrors).toEqual([]);
     expect(blocked).toEqual([]);
   });
+
+  it('keeps a new row current when its task finishes while the row is being fetched', async () => {
+    await page.locator('#conn[data-state="live"]').waitFor();
+    // The page fetches a new task whole when its `task.queued` event arrives. The first such reply is
+    // taken from the server at once and handed to the page only after the page has seen the task
+    // succeed over the event stream: a reply older than the events it must not be left showing.
+    let snapshot: string | undefined;
+    let held = false;
+    await page.route(`${server.url}/api/v1/agents/tasks/*`, async (route) => {
+      if (held || route.request().method() !== 'GET') return route.continue();
+      held = true;
+      const response = await route.fetch();
+      snapshot = ((await response.json()) as { status: string }).status;
+      const taskId = decodeURIComponent(new URL(route.request().url()).pathname.split('/').pop() ?? '');
+      await page.locator('#events li', { hasText: taskId }).filter({ hasText: 'task.succeeded' }).waitFor();
+      await route.fulfill({ response });
+    });
+    try {
+      const id = await submit({ task_type: 'CodeGeneration', description: 'Summarise the release notes' });
+      await page.locator(`#tasks tr[data-task-id="${id}"][data-status="succeeded"]`).waitFor();
+      // The held reply was from before the task finished (it runs 150-400 ms), so the race was run.
+      expect(['queued', 'running']).toContain(snapshot);
+    } finally {
+      await page.unroute(`${server.url}/api/v1/agents/tasks/*`);
+    }
+  });
 });
