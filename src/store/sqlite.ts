@@ -426,10 +426,14 @@ export class SqliteStore implements Store {
   private unsynced = false;
   private syncTimer: NodeJS.Timeout | null = null;
 
+  /** Runs its argument in one transaction; made once, as better-sqlite3 builds a wrapper per `transaction` call. */
+  private readonly transact: Database.Transaction<(fn: () => unknown) => unknown>;
+
   private constructor(db: Database.Database, fullSync: boolean) {
     this.db = db;
     this.s = this.prepareAll();
     this.fullSync = fullSync;
+    this.transact = db.transaction((fn: () => unknown) => fn());
   }
 
   /** Opens (creating when missing) the database at `file`; `:memory:` gives a private in-memory store. */
@@ -489,13 +493,14 @@ export class SqliteStore implements Store {
    */
   private writeRelaxed<T>(fn: () => T): T {
     if (!this.fullSync || !this.db.open) return this.write(fn);
-    // Not prepared statements: SQLite applies this pragma when it compiles it.
-    this.db.pragma('synchronous = NORMAL');
+    // Not prepared statements: SQLite applies this pragma when it compiles it. `exec` compiles and runs
+    // it without building a statement object or a result.
+    this.db.exec('PRAGMA synchronous = NORMAL');
     try {
       return this.write(fn);
     } finally {
       if (this.db.open) {
-        this.db.pragma('synchronous = FULL');
+        this.db.exec('PRAGMA synchronous = FULL');
         this.syncSoon();
       }
     }
@@ -532,7 +537,7 @@ export class SqliteStore implements Store {
 
   /** Runs `fn` in one BEGIN IMMEDIATE transaction; a lock held too long becomes StoreUnavailableError. */
   private write<T>(fn: () => T): T {
-    return this.guard(() => this.db.transaction(fn).immediate());
+    return this.guard(() => this.transact.immediate(fn) as T);
   }
 
   /** Maps driver failures that are expected (busy, closed) to the store's errors. */

@@ -156,6 +156,36 @@ describe('SqliteStore specifics', () => {
     }
   });
 
+  it('commits a lease without an fsync of its own and is fully synchronous again after it and a settle', async () => {
+    dir = makeTempDir();
+    const store = openStore(path.join(dir, 'agentfleet.db'));
+    await store.submitBatch([task('t1')], LIMITS);
+    // The new agent's id is asked for inside the lease's transaction: the setting it runs under.
+    const during: string[] = [];
+    const [leased] = await store.leaseBatch(
+      leaseRequest('p', 1, () => {
+        during.push(store.settings().synchronous);
+        return 'agent-1';
+      }),
+    );
+    if (!leased) throw new Error('nothing leased');
+    expect(during).toEqual(['normal']);
+    expect(store.settings().synchronous).toBe('full');
+    await store.settleBatch(
+      [
+        {
+          taskId: 't1',
+          token: leased.token,
+          nowMs: T0 + 2000,
+          settlement: { kind: 'succeeded', resultJson: '1' },
+        },
+      ],
+      { unhealthyThreshold: 3 },
+    );
+    expect(store.settings().synchronous).toBe('full');
+    expect(await store.getTask('t1', 'alice')).toMatchObject({ status: 'succeeded', result: 1 });
+  });
+
   it('keeps data across close and reopen', async () => {
     dir = makeTempDir();
     const file = path.join(dir, 'agentfleet.db');
