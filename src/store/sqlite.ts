@@ -92,6 +92,8 @@ export interface SqliteStoreOptions {
 
 /** Rows the lease scan reads per query; small pages keep a scan of a long, mostly blocked queue cheap. */
 const LEASE_PAGE = 128;
+/** Rows the first page of a lease reads beyond the lease's size, for rows it may skip. */
+const LEASE_PAGE_MARGIN = 8;
 /**
  * Most queued rows one lease call looks at. Skipped rows (users at their agent limit, capped types)
  * cost a read each; the bound keeps one poll from scanning an unbounded backlog. It covers the default
@@ -280,6 +282,10 @@ const SQL = {
   leaseCandidates: `SELECT ${LEASE_COLUMNS} FROM tasks INDEXED BY tasks_queue WHERE status = 'queued' AND run_at <= @now
       AND task_type NOT IN (SELECT value FROM json_each(@exclude))
       AND (priority_key < @key OR (priority_key = @key AND seq > @seq))
+      ORDER BY priority_key DESC, seq ASC LIMIT @page`,
+  // The same page when no type is excluded (the common case): the exclusion test costs per row read.
+  leaseCandidatesAnyType: `SELECT ${LEASE_COLUMNS} FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'
+      AND run_at <= @now AND (priority_key < @key OR (priority_key = @key AND seq > @seq))
       ORDER BY priority_key DESC, seq ASC LIMIT @page`,
   leaseTask: `UPDATE tasks SET status = 'running', attempts = attempts + 1, agent_id = @agent_id, started_at = @now,
       finished_at = NULL, lease_owner = @owner, lease_token = @token, lease_expires_at = @expires WHERE seq = @seq`,
@@ -726,17 +732,25 @@ export class SqliteStore implements Store {
     let scanned = 0;
     let afterKey = Number.MAX_SAFE_INTEGER;
     let afterSeq = 0;
-    // The first page fits a small lease (reading 128 full rows to lease 16 is most of its cost); later
-    // pages, needed only when rows were skipped, are full size.
-    let pageSize = Math.min(LEASE_PAGE, Math.max(32, request.limit * 2));
+    // Each row read costs a few microseconds (its text columns become strings), so the first page is
+    // the lease's size and a few more; later pages, needed only when rows were skipped, are full size.
+    let pageSize = Math.min(LEASE_PAGE, request.limit + LEASE_PAGE_MARGIN);
     while (leased.length < request.limit && scanned < maxScan) {
-      const page = this.all<CandidateRow>('leaseCandidates', {
-        now,
-        exclude,
-        key: afterKey,
-        seq: afterSeq,
-        page: pageSize,
-      });
+      const page =
+        excluded.size === 0
+          ? this.all<CandidateRow>('leaseCandidatesAnyType', {
+              now,
+              key: afterKey,
+              seq: afterSeq,
+              page: pageSize,
+            })
+          : this.all<CandidateRow>('leaseCandidates', {
+              now,
+              exclude,
+              key: afterKey,
+              seq: afterSeq,
+              page: pageSize,
+            });
       let done = false;
       for (const row of page) {
         if (leased.length >= request.limit) break;

@@ -356,6 +356,14 @@ export function describeStoreConformance(
         expect(await lease({ typeCaps: { Flaky: 0 } })).toHaveLength(0);
       });
 
+      it('finds a task behind more skipped rows than the first read of the queue holds', async () => {
+        await submit(Array.from({ length: 40 }, () => makeTask({ taskType: 'Flaky', priority: 'urgent' })));
+        await submitOne({ id: 'last', taskType: 'CodeReview', priority: 'low' });
+        expect((await leaseOne({ typeCaps: { Flaky: 0 } })).task.id).toBe('last');
+        expect(await lease({ limit: 2, typeCaps: { Flaky: 0 } })).toHaveLength(0);
+        expect((await lease({ limit: 3 })).map((l) => l.task.task_type)).toEqual(['Flaky', 'Flaky', 'Flaky']);
+      });
+
       it('headroom: low tasks leave their slots free; higher priorities, even later in the walk, use them', async () => {
         // Five low tasks that waited long enough to rank above a fresh medium one, then a medium and an urgent.
         for (let i = 0; i < 5; i++) {
