@@ -108,6 +108,11 @@ export interface PostgresStoreOptions {
   connectTimeoutMs?: number;
   /** `application_name` of the connections, as `pg_stat_activity` shows it. Default `agentfleet`. */
   applicationName?: string;
+  /**
+   * How long a call may stay unanswered once a connection of the pool has closed before it fails with
+   * StoreUnavailableError (see `statement` and `transaction`). Default 5000.
+   */
+  abandonedWaitMs?: number;
 }
 
 /**
@@ -164,8 +169,8 @@ const STARTUP_PADDING_SETTING = 'agentfleet.startup_padding';
 const STARTUP_PADDING = 'x'.repeat(1024);
 /** Type oid of `text[]`: the type PostgreSQL reports for the store's array parameters (`$1::text[]`). */
 const TEXT_ARRAY_OID = 1009;
-/** Longest wait for the client to report a failed transaction's connection closed (see `transaction`). */
-const ABANDONED_TX_WAIT_MS = 5000;
+/** Default of `abandonedWaitMs`: how long a call may wait unanswered after a connection closed. */
+const ABANDONED_WAIT_MS = 5000;
 
 /** How an operation talks to the database, which decides what may be retried after an error. */
 type Mode =
@@ -347,11 +352,23 @@ export class PostgresStore implements Store {
   private state: 'open' | 'closing' | 'closed' = 'open';
   private closing: Promise<void> | null = null;
 
+  /** Lone statements waiting for their answer: each entry arms its give-up timer (see `statement`). */
+  private readonly unanswered = new Set<() => void>();
+  /** When a connection of the pool last closed (epoch ms), or 0. */
+  private lastCloseMs = 0;
+
   private constructor(
     private readonly sql: Pool,
     /** The NOTIFY channel of this schema. */
     private readonly channel: string,
+    private readonly abandonedWaitMs: number,
   ) {}
+
+  /** Called by the client when one of the pool's connections closes (dropped, terminated, idle). */
+  private connectionClosed(): void {
+    this.lastCloseMs = Date.now();
+    for (const arm of this.unanswered) arm();
+  }
 
   /**
    * Connects to `url`, applies pending migrations (once across processes) and starts listening for
@@ -368,6 +385,12 @@ export class PostgresStore implements Store {
     const max = options.max ?? 10;
     if (!Number.isInteger(max) || max < 1)
       throw new ValidationError('max', `must be an integer >= 1, got ${max}`);
+    const abandonedWaitMs = options.abandonedWaitMs ?? ABANDONED_WAIT_MS;
+    if (!Number.isFinite(abandonedWaitMs) || abandonedWaitMs <= 0) {
+      throw new ValidationError('abandonedWaitMs', `must be a positive number, got ${abandonedWaitMs}`);
+    }
+    // The store does not exist yet when the client is made; closures before it does arm nothing.
+    let onClose = (): void => {};
     const connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
     if (!Number.isFinite(connectTimeoutMs) || connectTimeoutMs <= 0) {
       throw new ValidationError('connectTimeoutMs', `must be a positive number, got ${connectTimeoutMs}`);
@@ -384,6 +407,7 @@ export class PostgresStore implements Store {
       // a second, and the cluster resumes within about a second of the server's return.
       backoff: (failures: number) => (0.5 + Math.random() / 2) * Math.min(0.05 * 2 ** failures, 1),
       onnotice: () => {},
+      onclose: () => onClose(),
       connection: {
         application_name: options.applicationName ?? 'agentfleet',
         ...(schema === undefined ? {} : { search_path: schema }),
@@ -413,7 +437,8 @@ export class PostgresStore implements Store {
     try {
       const target = schema ?? (await currentSchema(sql));
       await migrate(sql, target, schema !== undefined);
-      const store = new PostgresStore(sql, `agentfleet_wake_${target}`.slice(0, 63));
+      const store = new PostgresStore(sql, `agentfleet_wake_${target}`.slice(0, 63), abandonedWaitMs);
+      onClose = () => store.connectionClosed();
       await store.listen();
       return store;
     } catch (error) {
@@ -474,7 +499,7 @@ export class PostgresStore implements Store {
       if (this.state !== 'open') throw new StoreUnavailableError('the task store is closed');
       try {
         if (mode === 'tx') return await this.transaction(fn);
-        return await fn(this.sql);
+        return await this.statement(fn);
       } catch (error) {
         if (error instanceof AgentfleetError) throw error;
         const code = errorCode(error);
@@ -508,7 +533,7 @@ export class PostgresStore implements Store {
    * `serve` processes all died this way when their backends were terminated). So a callback that fails
    * because the connection failed is left pending for good, and nothing more is sent on that connection
    * (the server has rolled the transaction back). `begin()` rejects as soon as the client sees the
-   * connection close; should it not within ABANDONED_TX_WAIT_MS, the call fails anyway, so a caller
+   * connection close; should it not within `abandonedWaitMs`, the call fails anyway, so a caller
    * (the settle batcher, a submit) is never held by a transaction that will not finish.
    */
   private async transaction<T>(fn: (db: Db) => Promise<T>): Promise<T> {
@@ -520,7 +545,7 @@ export class PostgresStore implements Store {
     const work = this.sql.begin((tx) =>
       fn(tx).catch((error: unknown) => {
         if (!isConnectionError(error)) throw error;
-        timer = setTimeout(() => giveUp(error), ABANDONED_TX_WAIT_MS);
+        timer = setTimeout(() => giveUp(error), this.abandonedWaitMs);
         timer.unref();
         return new Promise<never>(() => {});
       }),
@@ -529,6 +554,41 @@ export class PostgresStore implements Store {
       return (await Promise.race([work, abandoned])) as T;
     } finally {
       // Usually already set: the connection error reaches the callback before begin() rejects.
+      if (timer !== undefined) clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Runs one lone statement (or a read) on the pool. The same client can leave such a statement's
+   * promise pending for good when its connection is terminated at the wrong moment: the lease loop of
+   * one of three processes stopped that way, for good, when every backend was terminated mid-run. So a
+   * statement still unanswered `abandonedWaitMs` after a connection of the pool closed (while it waited,
+   * or just before it started) fails as a dropped connection: StoreUnavailableError, a read is tried
+   * once more. Safe for writes too: a lease whose answer was lost leaves tasks this process does not
+   * know it holds; their leases are not renewed (the heartbeat renews only held tokens), expire, and the
+   * tasks are reclaimed.
+   */
+  private async statement<T>(fn: (db: Db) => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    let arm = (): void => {};
+    const abandoned = new Promise<never>((_, reject) => {
+      arm = () => {
+        if (timer !== undefined) return;
+        timer = setTimeout(() => {
+          const error = new Error(
+            `no answer ${this.abandonedWaitMs} ms after a connection to PostgreSQL closed`,
+          );
+          reject(Object.assign(error, { code: 'CONNECTION_CLOSED' }));
+        }, this.abandonedWaitMs);
+        timer.unref();
+      };
+    });
+    if (this.lastCloseMs > 0 && Date.now() - this.lastCloseMs < this.abandonedWaitMs) arm();
+    this.unanswered.add(arm);
+    try {
+      return await Promise.race([fn(this.sql), abandoned]);
+    } finally {
+      this.unanswered.delete(arm);
       if (timer !== undefined) clearTimeout(timer);
     }
   }

@@ -87,7 +87,9 @@ describe('PostgresStore specifics', () => {
   let schema = '';
   const open: PostgresStore[] = [];
 
-  async function connect(options: { applicationName?: string; max?: number } = {}): Promise<PostgresStore> {
+  async function connect(
+    options: { applicationName?: string; max?: number; abandonedWaitMs?: number } = {},
+  ): Promise<PostgresStore> {
     const store = await PostgresStore.connect(databaseUrl(), { schema, max: options.max ?? 4, ...options });
     open.push(store);
     return store;
@@ -249,6 +251,31 @@ describe('PostgresStore specifics', () => {
     );
     const [outcome] = await submit;
     expect(outcome?.ok).toBe(true);
+  });
+
+  it('fails a statement left unanswered after a connection of its pool closed, and keeps working', async () => {
+    schema = freshSchemaName('abandon');
+    const applicationName = `agentfleet-${schema}`;
+    const store = await connect({ applicationName, abandonedWaitMs: 200 });
+    await store.submitBatch([task('a0')], LIMITS);
+    // The client defect this guards against leaves a statement's promise pending for good after its
+    // connection is terminated; a statement that is never answered stands in for it.
+    const run = (store as unknown as { run: (mode: string, fn: () => Promise<never>) => Promise<never> }).run;
+    const never = run.call(store, 'statement', () => new Promise<never>(() => {}));
+    const outcome = never.then(
+      () => 'answered',
+      (error: unknown) => error,
+    );
+    const killed = await withAdminSql(databaseUrl(), async (sql) => {
+      const rows = await sql`SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity
+        WHERE application_name = ${applicationName} AND pid <> pg_backend_pid()`;
+      return rows.length;
+    });
+    expect(killed).toBeGreaterThan(0);
+    expect(await outcome).toBeInstanceOf(StoreUnavailableError);
+    // Real statements go on, on fresh connections.
+    const counts = await eventually(() => store.countTasks(null), 'countTasks after the kill');
+    expect(counts.queued).toBe(1);
   });
 
   it('after pg_terminate_backend, calls recover or fail with StoreUnavailableError, and nothing committed is lost', async () => {
