@@ -560,8 +560,9 @@ export class PostgresStore implements Store {
 
   /**
    * Runs one lone statement (or a read) on the pool. The same client can leave such a statement's
-   * promise pending for good when its connection is terminated at the wrong moment: the lease loop of
-   * one of three processes stopped that way, for good, when every backend was terminated mid-run. So a
+   * promise pending for good when its connection is terminated at the wrong moment (a submit did; a
+   * lease doing so would stop the lease loop for good, the likely reason one of three processes stopped
+   * leasing when every backend was terminated mid-run). So a
    * statement still unanswered `abandonedWaitMs` after a connection of the pool closed (while it waited,
    * or just before it started) fails as a dropped connection: StoreUnavailableError, a read is tried
    * once more. Safe for writes too: a lease whose answer was lost leaves tasks this process does not
@@ -595,10 +596,10 @@ export class PostgresStore implements Store {
 
   /**
    * Inserts tasks in one transaction, checking admission per task in order: one statement, run inside
-   * `transaction` (BEGIN, the call, COMMIT) rather than on its own. A lone statement whose connection
-   * was terminated could leave its promise pending for good, and a submit batch that never settles
-   * holds every later submission of this process behind it (seen when every backend was terminated
-   * mid-run); the transaction wrapper always settles. A dropped connection surfaces as
+   * `transaction` (BEGIN, the call, COMMIT) rather than on its own. A submit batch that does not settle
+   * holds every later submission of this process behind it; a lone statement left pending by a dropped
+   * connection settles only after `abandonedWaitMs` (see `statement`), the transaction wrapper as soon
+   * as the client sees the connection close. A dropped connection surfaces as
    * StoreUnavailableError and is not retried here, since the submit may have committed; only conflicts
    * (rolled back whole) are retried.
    */

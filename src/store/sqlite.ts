@@ -261,6 +261,17 @@ function errorCode(error: unknown): string | undefined {
 }
 
 /**
+ * One page of the lease scan, with `typeFilter` added to its conditions: keyset pagination after
+ * (@key, @seq) along the partial lease index. The index is named: without statistics the planner may
+ * pick another and sort the whole queue for every page.
+ */
+function leasePageSql(typeFilter: string): string {
+  return `SELECT ${LEASE_COLUMNS} FROM tasks INDEXED BY tasks_queue WHERE status = 'queued' AND run_at <= @now
+      ${typeFilter} AND (priority_key < @key OR (priority_key = @key AND seq > @seq))
+      ORDER BY priority_key DESC, seq ASC LIMIT @page`;
+}
+
+/**
  * Every statement of the store, by operation. Named parameters (`@name`) are bound from objects;
  * `@user` NULL means "any user" (an admin caller).
  */
@@ -276,17 +287,10 @@ const SQL = {
   countQueued: "SELECT COALESCE((SELECT n FROM status_counts WHERE status = 'queued'), 0) AS n",
   countUserActive:
     "SELECT COALESCE(SUM(n), 0) AS n FROM task_counts WHERE user_id = @user AND status IN ('queued', 'running')",
-  // One page of the lease scan: keyset pagination after (@key, @seq) along the partial lease index;
-  // excluded types come as a JSON array so one prepared statement serves any list. The index is named:
-  // without statistics the planner may pick another and sort the whole queue for every page.
-  leaseCandidates: `SELECT ${LEASE_COLUMNS} FROM tasks INDEXED BY tasks_queue WHERE status = 'queued' AND run_at <= @now
-      AND task_type NOT IN (SELECT value FROM json_each(@exclude))
-      AND (priority_key < @key OR (priority_key = @key AND seq > @seq))
-      ORDER BY priority_key DESC, seq ASC LIMIT @page`,
+  // Excluded types come as a JSON array so one prepared statement serves any list.
+  leaseCandidates: leasePageSql('AND task_type NOT IN (SELECT value FROM json_each(@exclude))'),
   // The same page when no type is excluded (the common case): the exclusion test costs per row read.
-  leaseCandidatesAnyType: `SELECT ${LEASE_COLUMNS} FROM tasks INDEXED BY tasks_queue WHERE status = 'queued'
-      AND run_at <= @now AND (priority_key < @key OR (priority_key = @key AND seq > @seq))
-      ORDER BY priority_key DESC, seq ASC LIMIT @page`,
+  leaseCandidatesAnyType: leasePageSql(''),
   leaseTask: `UPDATE tasks SET status = 'running', attempts = attempts + 1, agent_id = @agent_id, started_at = @now,
       finished_at = NULL, lease_owner = @owner, lease_token = @token, lease_expires_at = @expires WHERE seq = @seq`,
   // An attempt is written once, when it ends; while it runs, the task row is the attempt.
@@ -713,7 +717,7 @@ export class SqliteStore implements Store {
         else remaining.set(type, left);
       }
     }
-    const exclude = JSON.stringify([...excluded]);
+    const exclude = excluded.size === 0 ? null : JSON.stringify([...excluded]);
     // (user, type) pairs with no idle agent and no room for a new one: skip their other tasks cheaply.
     const blocked = new Set<string>();
     // Idle agents read ahead per (user, type) pair, least recently used first; each is used once.
@@ -736,21 +740,11 @@ export class SqliteStore implements Store {
     // the lease's size and a few more; later pages, needed only when rows were skipped, are full size.
     let pageSize = Math.min(LEASE_PAGE, request.limit + LEASE_PAGE_MARGIN);
     while (leased.length < request.limit && scanned < maxScan) {
+      const params = { now, key: afterKey, seq: afterSeq, page: pageSize };
       const page =
-        excluded.size === 0
-          ? this.all<CandidateRow>('leaseCandidatesAnyType', {
-              now,
-              key: afterKey,
-              seq: afterSeq,
-              page: pageSize,
-            })
-          : this.all<CandidateRow>('leaseCandidates', {
-              now,
-              exclude,
-              key: afterKey,
-              seq: afterSeq,
-              page: pageSize,
-            });
+        exclude === null
+          ? this.all<CandidateRow>('leaseCandidatesAnyType', params)
+          : this.all<CandidateRow>('leaseCandidates', { ...params, exclude });
       let done = false;
       for (const row of page) {
         if (leased.length >= request.limit) break;
