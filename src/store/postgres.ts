@@ -595,20 +595,18 @@ export class PostgresStore implements Store {
   }
 
   /**
-   * Inserts tasks in one transaction, checking admission per task in order: one statement, run inside
-   * `transaction` (BEGIN, the call, COMMIT) rather than on its own. A submit batch that does not settle
-   * holds every later submission of this process behind it; a lone statement left pending by a dropped
-   * connection settles only after `abandonedWaitMs` (see `statement`), the transaction wrapper as soon
-   * as the client sees the connection close. A dropped connection surfaces as
-   * StoreUnavailableError and is not retried here, since the submit may have committed; only conflicts
-   * (rolled back whole) are retried.
+   * Inserts tasks in one transaction, checking admission per task in order: one statement on its own,
+   * one round trip (inside BEGIN/COMMIT it was three). A lone statement that the client leaves pending
+   * when its connection is dropped fails `abandonedWaitMs` later (see `statement`); a dropped
+   * connection surfaces as StoreUnavailableError and is not retried here, since the submit may have
+   * committed; only conflicts (rolled back whole) are retried.
    */
   async submitBatch(tasks: readonly NewTask[], limits: AdmissionLimits): Promise<SubmitOutcome[]> {
     if (tasks.length === 0) return [];
     // agentfleet_submit_v1 serialises admission across processes under the admission lock, so capacity
     // and per-user counts are exact, and applies the one-task-at-a-time checks with this batch's own
     // inserts counted.
-    const rows = await this.run('tx', (db) =>
+    const rows = await this.run('statement', (db) =>
       q.submitTasks(db, {
         tasks,
         queueCapacity: limits.queueCapacity,
