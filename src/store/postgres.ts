@@ -228,25 +228,32 @@ function foldVerdicts(
   return { after: record, changes, lastChangeMs };
 }
 
+/** True when `verdicts` of `taskType` change its breaker as read (`unlocked`) without a lock. */
+function verdictsChange(
+  taskType: string,
+  unlocked: BreakerRow | undefined,
+  verdicts: ReadonlyMap<string, readonly PendingVerdict[]>,
+  rules: BreakerRules,
+): boolean {
+  const before = unlocked ? toBreaker(unlocked) : closedBreaker(taskType);
+  return foldVerdicts(before, verdicts.get(taskType) ?? [], rules).changes.size > 0;
+}
+
 /**
- * Applies one type's verdicts of a settle batch to its shared breaker. A batch whose verdicts would
- * change nothing (the happy path: successes on a closed breaker with no failures, or no row at all)
- * reads the row without locking and writes nothing; otherwise the row is locked (inserted on a first
- * failure), the verdicts are applied to its latest version and the result is written once. Returns
- * the record after each verdict that changed it, by request index. `unlocked` is the row as read
- * without locking in this transaction (undefined: no row).
+ * Applies one type's verdicts of a settle batch to its shared breaker, once `verdictsChange` found that
+ * they change it as read without a lock (the happy path, successes on a closed breaker with no failures
+ * or no row at all, reads the row without locking and writes nothing): the row is locked (inserted on
+ * a first failure), the verdicts are applied to its latest version and the result is written once.
+ * Returns the record after each verdict that changed it, by request index.
  */
 async function applyBreakerVerdicts(
   tx: Db,
   taskType: string,
-  unlocked: BreakerRow | undefined,
   verdicts: readonly PendingVerdict[],
   rules: BreakerRules,
 ): Promise<Map<number, BreakerRecord>> {
-  const guess = foldVerdicts(unlocked ? toBreaker(unlocked) : closedBreaker(taskType), verdicts, rules);
-  if (guess.changes.size === 0) return guess.changes;
   for (;;) {
-    const row = await q.breakerOf(tx, taskType, true);
+    const row = await q.lockBreaker(tx, taskType);
     const before = row ? toBreaker(row) : closedBreaker(taskType);
     const { after, changes, lastChangeMs } = foldVerdicts(before, verdicts, rules);
     if (!breakerChanged(before, after)) return changes;
@@ -726,16 +733,18 @@ export class PostgresStore implements Store {
     for (const request of requests) this.heldLeases.delete(request.token);
     const breakerRules = rules.breakerRules ?? SPEC_BREAKER_RULES;
     return this.run('tx', async (tx) => {
-      // A few statements for the whole batch instead of several per task; the statements of a step
-      // are sent together (pipelined on the transaction's connection) and run in the order issued.
-      // Tasks are locked in request order, then the agents of the settled tasks in request order.
-      const [, lockedRows, attemptRows] = await Promise.all([
+      // A few statements for the whole batch instead of several per task, in two steps (round trips)
+      // when no breaker changes: the statements of a step are sent together (pipelined on the
+      // transaction's connection) and run in the order issued. Tasks are locked in request order, then
+      // the agents of those tasks in request order; the breakers are read without locking.
+      const fenced = requests.map((r) => ({ id: r.taskId, token: r.token }));
+      const taskIds = [...new Set(requests.map((r) => r.taskId))];
+      const [, lockedRows, attemptRows, agentRows, breakerRows] = await Promise.all([
         q.relaxCommit(tx),
-        q.lockTasksForSettle(
-          tx,
-          requests.map((r) => ({ id: r.taskId, token: r.token })),
-        ),
-        q.runningAttempts(tx, [...new Set(requests.map((r) => r.taskId))]),
+        q.lockTasksForSettle(tx, fenced),
+        q.runningAttempts(tx, taskIds),
+        q.lockAgentsForSettle(tx, fenced),
+        requests.some((r) => r.breaker !== undefined) ? q.breakersOfTasks(tx, taskIds) : Promise.resolve([]),
       ]);
       const locked = new Map<number, TaskRow>();
       for (const row of lockedRows) {
@@ -744,12 +753,13 @@ export class PostgresStore implements Store {
       }
       const attempts = new Map<string, AttemptRow>();
       for (const row of attemptRows) attempts.set(row.task_id, row);
+      const agents = new Map<string, AgentRow>();
+      for (const row of agentRows) agents.set(row.id, row);
       const stats = new StatsBatch();
       const results: SettleResult[] = [];
       const verdicts = new Map<string, PendingVerdict[]>();
       const taskWrites: TaskRow[] = [];
       const attemptWrites: q.AttemptFinish[] = [];
-      const settled: { index: number; task: TaskRow; agentResult: AgentResult }[] = [];
       // A task settled earlier in this batch has lost its lease (its token is cleared), as a
       // one-at-a-time settle would find.
       const settledIds = new Set<string>();
@@ -772,54 +782,51 @@ export class PostgresStore implements Store {
             execution_ms: countedMs,
           });
         }
-        results.push({ ok: true, agentBecameUnhealthy: false });
-        settled.push({ index, task, agentResult });
+        const agent = task.agent_id === null ? undefined : agents.get(task.agent_id);
+        if (agent) {
+          const becameUnhealthy = applyAgentResult(agent, task.id, agentResult, request.nowMs, rules);
+          results.push({ ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy });
+        } else {
+          results.push({ ok: true, agentBecameUnhealthy: false });
+        }
         if (request.breaker !== undefined) {
           const list = verdicts.get(task.task_type) ?? [];
           list.push({ index, taskId: request.taskId, nowMs: request.nowMs, verdict: request.breaker });
           verdicts.set(task.task_type, list);
         }
       }
-      const agentIds = [
-        ...new Set(settled.flatMap((s) => (s.task.agent_id === null ? [] : [s.task.agent_id]))),
-      ];
-      const [agentRows] = await Promise.all([
-        q.lockAgents(tx, agentIds),
+      const unlockedBreakers = new Map<string, BreakerRow>();
+      for (const row of breakerRows) unlockedBreakers.set(row.task_type, row);
+      // Types whose breaker these verdicts change (as read without a lock), in the order leases lock
+      // breaker rows; usually none, and then the batch ends in this second step.
+      const changing = [...verdicts.keys()]
+        .sort(compareBytes)
+        .filter((taskType) =>
+          verdictsChange(taskType, unlockedBreakers.get(taskType), verdicts, breakerRules),
+        );
+      const finish = (): Promise<unknown> =>
+        Promise.all([
+          stats.flush(tx),
+          results.some((r) => r.ok) ? q.notify(tx, this.channel, this.instanceId) : Promise.resolve(),
+        ]);
+      const writes = [
         q.writeTasks(tx, taskWrites),
         q.finishAttempts(tx, attemptWrites),
-      ]);
-      const agents = new Map<string, AgentRow>();
-      for (const row of agentRows) agents.set(row.id, row);
-      for (const { index, task, agentResult } of settled) {
-        const agent = task.agent_id === null ? undefined : agents.get(task.agent_id);
-        if (!agent) continue;
-        const now = requests[index]?.nowMs ?? 0;
-        const becameUnhealthy = applyAgentResult(agent, task.id, agentResult, now, rules);
-        results[index] = { ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy };
-      }
-      // The breaker rows are first read without locking (sent with the agents' writes).
-      const verdictTypes = [...verdicts.keys()].sort(compareBytes);
-      const [, unlockedBreakers] = await Promise.all([
         q.writeAgents(tx, [...agents.values()]),
-        Promise.all(verdictTypes.map((taskType) => q.breakerOf(tx, taskType))),
-      ]);
-      for (const [i, taskType] of verdictTypes.entries()) {
-        const changes = await applyBreakerVerdicts(
-          tx,
-          taskType,
-          unlockedBreakers[i],
-          verdicts.get(taskType) ?? [],
-          breakerRules,
-        );
+      ];
+      if (changing.length === 0) {
+        await Promise.all([...writes, finish()]);
+        return results;
+      }
+      await Promise.all(writes);
+      for (const taskType of changing) {
+        const changes = await applyBreakerVerdicts(tx, taskType, verdicts.get(taskType) ?? [], breakerRules);
         for (const [index, record] of changes) {
           const result = results[index];
           if (result) result.breaker = record;
         }
       }
-      await Promise.all([
-        stats.flush(tx),
-        results.some((r) => r.ok) ? q.notify(tx, this.channel, this.instanceId) : Promise.resolve(),
-      ]);
+      await finish();
       return results;
     });
   }

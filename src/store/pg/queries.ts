@@ -444,11 +444,33 @@ export async function finishAttempts(db: Db, rows: readonly AttemptFinish[]): Pr
     WHERE a.id = x.id AND a.id = ANY (${rows.map((r) => String(r.id))}::text[]::bigint[])`;
 }
 
-/** Agents `ids` (any user) that exist, locked for update in the order of `ids`. */
-export async function lockAgents(db: Db, ids: readonly string[]): Promise<AgentRow[]> {
-  if (ids.length === 0) return [];
-  const rows = await db<AgentRow[]>`SELECT a.* FROM unnest(${[...ids]}::text[]) WITH ORDINALITY AS r(id, ord)
-    JOIN agents a ON a.id = r.id ORDER BY r.ord FOR UPDATE OF a`;
+/**
+ * The agents of the running tasks among `requests` whose token is still their lease token, locked for
+ * update in the order of the first request of each. Sent right after `lockTasksForSettle` in the same
+ * transaction, it finds the rows that call locked, so the settle takes its locks in the same order as
+ * before (tasks, then their agents) in one round trip instead of two.
+ */
+export async function lockAgentsForSettle(
+  db: Db,
+  requests: readonly { id: string; token: string }[],
+): Promise<AgentRow[]> {
+  const rows = await db<AgentRow[]>`SELECT a.* FROM (
+      SELECT t.agent_id, min(r.ord) AS ord
+      FROM unnest(${requests.map((r) => r.id)}::text[], ${requests.map((r) => r.token)}::text[])
+        WITH ORDINALITY AS r(id, token, ord)
+      JOIN tasks t ON t.id = r.id AND t.status = 'running' AND t.lease_token = r.token
+      WHERE t.agent_id IS NOT NULL
+      GROUP BY t.agent_id) s
+    JOIN agents a ON a.id = s.agent_id
+    ORDER BY s.ord
+    FOR UPDATE OF a`;
+  return [...rows];
+}
+
+/** The breaker rows of the types of tasks `taskIds`, unlocked. */
+export async function breakersOfTasks(db: Db, taskIds: readonly string[]): Promise<BreakerRow[]> {
+  const rows = await db<BreakerRow[]>`SELECT * FROM breakers
+    WHERE task_type IN (SELECT task_type FROM tasks WHERE id = ANY (${[...taskIds]}::text[]))`;
   return [...rows];
 }
 
@@ -530,21 +552,15 @@ export async function allBreakers(db: Db): Promise<BreakerRow[]> {
   return [...rows];
 }
 
-/** The breaker row of `taskType`, or undefined; with `forUpdate`, locked (waits for other writers). */
-export async function breakerOf(
-  db: Db,
-  taskType: string,
-  forUpdate = false,
-): Promise<BreakerRow | undefined> {
-  const [row] = forUpdate
-    ? await db<BreakerRow[]>`SELECT * FROM breakers WHERE task_type = ${taskType} FOR UPDATE`
-    : await db<BreakerRow[]>`SELECT * FROM breakers WHERE task_type = ${taskType}`;
+/** The breaker row of `taskType`, locked (waits for other writers), or undefined. */
+export async function lockBreaker(db: Db, taskType: string): Promise<BreakerRow | undefined> {
+  const [row] = await db<BreakerRow[]>`SELECT * FROM breakers WHERE task_type = ${taskType} FOR UPDATE`;
   return row;
 }
 
 /**
  * Inserts breaker `b` written at `nowMs` unless its type has a row (another transaction may have just
- * inserted it). Returns false when the row existed: lock it with `breakerOf` and decide again.
+ * inserted it). Returns false when the row existed: lock it with `lockBreaker` and decide again.
  */
 export async function insertBreaker(db: Db, b: BreakerWrite, nowMs: number): Promise<boolean> {
   const result =
