@@ -228,15 +228,15 @@ function foldVerdicts(
   return { after: record, changes, lastChangeMs };
 }
 
-/** True when `verdicts` of `taskType` change its breaker as read (`unlocked`) without a lock. */
+/** True when `verdicts` change the breaker of `taskType` as read (`unlocked`) without a lock. */
 function verdictsChange(
   taskType: string,
   unlocked: BreakerRow | undefined,
-  verdicts: ReadonlyMap<string, readonly PendingVerdict[]>,
+  verdicts: readonly PendingVerdict[],
   rules: BreakerRules,
 ): boolean {
   const before = unlocked ? toBreaker(unlocked) : closedBreaker(taskType);
-  return foldVerdicts(before, verdicts.get(taskType) ?? [], rules).changes.size > 0;
+  return foldVerdicts(before, verdicts, rules).changes.size > 0;
 }
 
 /**
@@ -798,35 +798,43 @@ export class PostgresStore implements Store {
       const unlockedBreakers = new Map<string, BreakerRow>();
       for (const row of breakerRows) unlockedBreakers.set(row.task_type, row);
       // Types whose breaker these verdicts change (as read without a lock), in the order leases lock
-      // breaker rows; usually none, and then the batch ends in this second step.
+      // breaker rows; usually none.
       const changing = [...verdicts.keys()]
         .sort(compareBytes)
         .filter((taskType) =>
-          verdictsChange(taskType, unlockedBreakers.get(taskType), verdicts, breakerRules),
+          verdictsChange(
+            taskType,
+            unlockedBreakers.get(taskType),
+            verdicts.get(taskType) ?? [],
+            breakerRules,
+          ),
         );
-      const finish = (): Promise<unknown> =>
-        Promise.all([
-          stats.flush(tx),
-          results.some((r) => r.ok) ? q.notify(tx, this.channel, this.instanceId) : Promise.resolve(),
-        ]);
-      const writes = [
+      // The second step: the writes, then (sent behind them) the breakers that change, locked and
+      // written one at a time, then the totals and the wake-up. With no breaker to change, all of it
+      // goes in one round trip.
+      await Promise.all([
         q.writeTasks(tx, taskWrites),
         q.finishAttempts(tx, attemptWrites),
         q.writeAgents(tx, [...agents.values()]),
-      ];
-      if (changing.length === 0) {
-        await Promise.all([...writes, finish()]);
-        return results;
-      }
-      await Promise.all(writes);
-      for (const taskType of changing) {
-        const changes = await applyBreakerVerdicts(tx, taskType, verdicts.get(taskType) ?? [], breakerRules);
-        for (const [index, record] of changes) {
-          const result = results[index];
-          if (result) result.breaker = record;
-        }
-      }
-      await finish();
+        (async () => {
+          for (const taskType of changing) {
+            const changes = await applyBreakerVerdicts(
+              tx,
+              taskType,
+              verdicts.get(taskType) ?? [],
+              breakerRules,
+            );
+            for (const [index, record] of changes) {
+              const result = results[index];
+              if (result) result.breaker = record;
+            }
+          }
+          await Promise.all([
+            stats.flush(tx),
+            results.some((r) => r.ok) ? q.notify(tx, this.channel, this.instanceId) : Promise.resolve(),
+          ]);
+        })(),
+      ]);
       return results;
     });
   }
