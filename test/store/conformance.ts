@@ -181,6 +181,39 @@ export function describeStoreConformance(
         expect(outcomes[1]?.ok).toBe(true);
       });
 
+      it('per-user limit is exact at its edge, whoever else has tasks', async () => {
+        const limits = { queueCapacity: 100, maxTasksPerUser: 3 };
+        await submit([makeTask(), makeTask({ userId: 'bob' })], limits);
+        // Two active tasks in all and a batch of one: nobody can reach 3.
+        expect((await store.submitBatch([makeTask()], limits)).map((o) => o.ok)).toEqual([true]);
+        // Alice has 2 of 3: the first is accepted, the second is not; bob and carol are under theirs.
+        const outcomes = await store.submitBatch(
+          [makeTask(), makeTask(), makeTask({ userId: 'bob' }), makeTask({ userId: 'carol' })],
+          limits,
+        );
+        expect(outcomes.map((o) => o.ok)).toEqual([true, false, true, true]);
+        const refused = outcomes[1];
+        if (refused && !refused.ok) expect(refused.error).toBeInstanceOf(UserTaskLimitError);
+        // Alice's oldest task starts: running tasks count too.
+        await leaseOne();
+        const [again] = await store.submitBatch([makeTask({ userId: 'alice' })], limits);
+        expect(again?.ok).toBe(false);
+        expect(await store.countTasks('alice')).toMatchObject({ queued: 2, running: 1 });
+      });
+
+      it('per-user limit is exact when one user has every active task', async () => {
+        const limits = { queueCapacity: 100, maxTasksPerUser: 2 };
+        await submit([makeTask()], limits);
+        const outcomes = await store.submitBatch([makeTask(), makeTask()], limits);
+        expect(outcomes.map((o) => o.ok)).toEqual([true, false]);
+        // Both running, none queued: still at the limit.
+        await leaseOne();
+        await leaseOne();
+        const [running] = await store.submitBatch([makeTask()], limits);
+        expect(running?.ok).toBe(false);
+        expect(await store.countTasks('alice')).toMatchObject({ queued: 0, running: 2 });
+      });
+
       it('finished tasks do not count toward the per-user limit', async () => {
         const limits = { queueCapacity: 100, maxTasksPerUser: 1 };
         await submit([makeTask()], limits);
