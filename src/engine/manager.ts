@@ -287,7 +287,8 @@ export class AgentManager {
     this.assertAccepting();
     const outcome = await this.queue.submit(input, caller.userId);
     if (!outcome.duplicate) {
-      this.processor.wake();
+      // Work that can run at once: the loop's view of breakers and delayed tasks stays valid.
+      this.processor.wake('work');
       this.events.emit({
         type: 'task.queued',
         at: outcome.task.created_at,
