@@ -300,6 +300,8 @@ export class QueueProcessor {
     ) {
       return view.runAt;
     }
+    // Every slot is taken: nothing can be leased before one is freed, and that wakes the loop.
+    if (this.deps.slots.available === 0) return null;
     this.idleView = null;
     const version = this.idleViewVersion;
     // The run-time read skips the types this process saw blocked before the breaker read; a type another
@@ -324,13 +326,9 @@ export class QueueProcessor {
     }
   }
 
-  /**
-   * The earliest `run_at` of a delayed task this process could lease, or null; `known` is false when it
-   * was not read (no free slot, or the store failed).
-   */
+  /** The earliest `run_at` of a delayed task this process could lease, or null; `known` is false when the read failed. */
   private async nextRunAt(): Promise<{ runAt: number | null; known: boolean }> {
-    const { store, options, breakers, slots } = this.deps;
-    if (slots.available === 0) return { runAt: null, known: false };
+    const { store, options, breakers } = this.deps;
     try {
       return { runAt: await store.nextRunAt(options.clock.now(), breakers.blockedTypes()), known: true };
     } catch (error) {

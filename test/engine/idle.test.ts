@@ -28,11 +28,17 @@ describe('the lease loop between tasks', () => {
     folder = null;
   });
 
-  function open(): { breakers: number; runAt: number } {
+  function open(maxConcurrentTasks = 200): { breakers: number; runAt: number } {
     const dir = tempDir();
     folder = dir;
     const { store, reads } = countingStore(SqliteStore.open(`${dir.dir}/fleet.db`));
-    fleet = openFleet({ store, pollIntervalMs: 1000, retryInitialDelayMs: 500, retryJitter: 0 });
+    fleet = openFleet({
+      store,
+      pollIntervalMs: 1000,
+      retryInitialDelayMs: 500,
+      retryJitter: 0,
+      maxConcurrentTasks,
+    });
     return reads;
   }
 
@@ -76,5 +82,26 @@ describe('the lease loop between tasks', () => {
     await fleet.clock.advance(1);
     await waitFor(() => startedAt.length === 2, 'the second attempt');
     expect((startedAt[1] ?? 0) - (startedAt[0] ?? 0)).toBe(500);
+  });
+
+  it('does not read while every slot is taken, and reads once one stays free', async () => {
+    const reads = open(2);
+    const release: (() => void)[] = [];
+    fleet.manager.handle('Hold', () => new Promise<void>((resolve) => release.push(resolve)));
+    await fleet.manager.start();
+    await waitFor(() => reads.runAt === 1, 'the first idle read');
+    for (let i = 0; i < 3; i++) await fleet.manager.submit({ task_type: 'Hold', description: `hold ${i}` });
+    await waitFor(() => release.length === 2, 'both slots taken');
+    // A wake that would make the loop read again (a new executor), with no slot to lease into.
+    fleet.manager.handle('Other', async () => undefined);
+    await fleet.clock.advance(1);
+    expect(reads).toEqual({ breakers: 1, runAt: 1 });
+    // The first freed slot goes to the third task at once; the second stays free, and the loop reads.
+    release[0]?.();
+    await waitFor(() => release.length === 3, 'the third task on the freed slot');
+    expect(reads).toEqual({ breakers: 1, runAt: 1 });
+    release[1]?.();
+    await waitFor(() => reads.runAt === 2 && reads.breakers === 2, 'the read with a slot free');
+    for (const r of release) r();
   });
 });
