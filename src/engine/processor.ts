@@ -285,7 +285,7 @@ export class QueueProcessor {
    * The next delayed run time, after refreshing the breakers, for the loop to wait on: read from the
    * store (both at once, one round trip on PostgreSQL) unless the last read still holds. Under a steady
    * stream of submits each lease is followed by an idle moment; reading there every time cost two
-   * statements per task (on PostgreSQL, a quarter of the enqueue-to-start latency at 200 tasks/s).
+   * statements per task, which on PostgreSQL compete with the submits and leases for the server.
    */
   private async idleRunAt(): Promise<number | null> {
     const now = this.deps.options.clock.now();
