@@ -113,6 +113,53 @@ describe('PostgresStore specifics', () => {
     );
   });
 
+  it('upgrades a schema left at migration 4 with tasks in it, and admission counts them after the upgrade', async () => {
+    schema = freshSchemaName('upg');
+    // A schema as the previous version left it, with tasks submitted through migration 4's function.
+    await withAdminSql(databaseUrl(), (sql) =>
+      sql.begin(async (tx) => {
+        await tx.unsafe(`CREATE SCHEMA "${schema}"`);
+        await tx.unsafe(`SET LOCAL search_path TO "${schema}"`);
+        const db = tx as unknown as q.Db;
+        await q.createMigrationsTable(db);
+        for (const migration of POSTGRES_MIGRATIONS.filter((m) => m.version <= 4)) {
+          await q.runMigrationSql(db, migration.sql);
+          await q.recordMigration(db, migration.version, migration.name, T0);
+        }
+        const rows = await q.submitTasks(db, {
+          tasks: [task('old-1'), task('old-2'), task('old-3')],
+          queueCapacity: 100,
+          maxTasksPerUser: 100,
+          channel: 'agentfleet_upgrade_test',
+          payload: 'old',
+        });
+        expect(rows.map((r) => r.o_kind)).toEqual(['inserted', 'inserted', 'inserted']);
+      }),
+    );
+    const store = await connect();
+    const versions = await withAdminSql(
+      databaseUrl(),
+      (sql) => sql`SELECT version FROM ${sql(schema)}.schema_migrations ORDER BY version`,
+    );
+    expect(versions.map((r) => r.version)).toEqual(POSTGRES_MIGRATIONS.map((m) => m.version));
+    // Alice has 3 of 4: one more is accepted, the next refused; then the queue (4 of 5) takes one more.
+    const outcomes = await store.submitBatch([task('new-1'), task('new-2')], {
+      queueCapacity: 100,
+      maxTasksPerUser: 4,
+    });
+    expect(outcomes.map((o) => o.ok)).toEqual([true, false]);
+    const refused = outcomes[1];
+    if (refused && !refused.ok) expect(refused.error).toBeInstanceOf(UserTaskLimitError);
+    const full = await store.submitBatch([task('new-3', 'bob'), task('new-4', 'carol')], {
+      queueCapacity: 5,
+      maxTasksPerUser: 100,
+    });
+    expect(full.map((o) => o.ok)).toEqual([true, false]);
+    const last = full[1];
+    if (last && !last.ok) expect(last.error).toBeInstanceOf(QueueFullError);
+    expect((await store.countTasks(null)).queued).toBe(5);
+  });
+
   it('four stores leasing 500 tasks in parallel lease each task exactly once', async () => {
     schema = freshSchemaName('race');
     const stores = await Promise.all([connect(), connect(), connect(), connect()]);
