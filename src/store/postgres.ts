@@ -540,63 +540,62 @@ export class PostgresStore implements Store {
    * `serve` processes all died this way when their backends were terminated). So a callback that fails
    * because the connection failed is left pending for good, and nothing more is sent on that connection
    * (the server has rolled the transaction back). `begin()` rejects as soon as the client sees the
-   * connection close; should it not within `abandonedWaitMs`, the call fails anyway, so a caller
-   * (the settle batcher, a submit) is never held by a transaction that will not finish.
+   * connection close; should it not, or should a statement of the transaction never be answered, the
+   * call fails `abandonedWaitMs` later (see `boundedByConnections`), so a caller (the settle batcher, and
+   * the heartbeat behind it) is never held by a transaction that will not finish.
    */
-  private async transaction<T>(fn: (db: Db) => Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    let giveUp: (error: unknown) => void = () => {};
-    const abandoned = new Promise<never>((_, reject) => {
-      giveUp = reject;
-    });
-    const work = this.sql.begin((tx) =>
-      fn(tx).catch((error: unknown) => {
-        if (!isConnectionError(error)) throw error;
-        timer = setTimeout(() => giveUp(error), this.abandonedWaitMs);
-        timer.unref();
-        return new Promise<never>(() => {});
-      }),
-    );
-    try {
-      return (await Promise.race([work, abandoned])) as T;
-    } finally {
-      // Usually already set: the connection error reaches the callback before begin() rejects.
-      if (timer !== undefined) clearTimeout(timer);
-    }
+  private transaction<T>(fn: (db: Db) => Promise<T>): Promise<T> {
+    return this.boundedByConnections((abandon) =>
+      this.sql.begin((tx) =>
+        fn(tx).catch((error: unknown) => {
+          if (!isConnectionError(error)) throw error;
+          abandon(error);
+          return new Promise<never>(() => {});
+        }),
+      ),
+    ) as Promise<T>;
   }
 
   /**
-   * Runs one lone statement (or a read) on the pool. The same client can leave such a statement's
-   * promise pending for good when its connection is terminated at the wrong moment (a submit did; a
-   * lease doing so would stop the lease loop for good, the likely reason one of three processes stopped
-   * leasing when every backend was terminated mid-run). So a
-   * statement still unanswered `abandonedWaitMs` after a connection of the pool closed (while it waited,
-   * or just before it started) fails as a dropped connection: StoreUnavailableError, a read is tried
-   * once more. Safe for writes too: a lease whose answer was lost leaves tasks this process does not
-   * know it holds; their leases are not renewed (the heartbeat renews only held tokens), expire, and the
-   * tasks are reclaimed.
+   * Runs one lone statement (or a read) on the pool, bounded like a transaction (see
+   * `boundedByConnections`). The client can leave such a statement's promise pending for good when its
+   * connection is terminated at the wrong moment (a submit did; a lease doing so would stop the lease
+   * loop for good, the likely reason one of three processes stopped leasing when every backend was
+   * terminated mid-run). Safe for writes too: a lease whose answer was lost leaves tasks this process
+   * does not know it holds; their leases are not renewed (the heartbeat renews only held tokens),
+   * expire, and the tasks are reclaimed.
    */
-  private async statement<T>(fn: (db: Db) => Promise<T>): Promise<T> {
+  private statement<T>(fn: (db: Db) => Promise<T>): Promise<T> {
+    return this.boundedByConnections(() => fn(this.sql));
+  }
+
+  /**
+   * Runs `work`, failing it as a dropped connection (StoreUnavailableError; a read is tried once more)
+   * if it is still unanswered `abandonedWaitMs` after a connection of the pool closed, while it waited
+   * or just before it started. `work` may start that wait itself, with its own error, through `abandon`.
+   */
+  private async boundedByConnections<T>(work: (abandon: (error: unknown) => void) => Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
-    let arm = (): void => {};
+    let arm: (error?: unknown) => void = () => {};
     const abandoned = new Promise<never>((_, reject) => {
-      arm = () => {
+      arm = (error?: unknown) => {
         if (timer !== undefined) return;
         timer = setTimeout(() => {
-          const error = new Error(
+          const closed = new Error(
             `no answer ${this.abandonedWaitMs} ms after a connection to PostgreSQL closed`,
           );
-          reject(Object.assign(error, { code: 'CONNECTION_CLOSED' }));
+          reject(error ?? Object.assign(closed, { code: 'CONNECTION_CLOSED' }));
         }, this.abandonedWaitMs);
         timer.unref();
       };
     });
-    if (this.lastCloseMs > 0 && Date.now() - this.lastCloseMs < this.abandonedWaitMs) arm();
-    this.unanswered.add(arm);
+    const onClose = (): void => arm();
+    if (this.lastCloseMs > 0 && Date.now() - this.lastCloseMs < this.abandonedWaitMs) onClose();
+    this.unanswered.add(onClose);
     try {
-      return await Promise.race([fn(this.sql), abandoned]);
+      return await Promise.race([work(arm), abandoned]);
     } finally {
-      this.unanswered.delete(arm);
+      this.unanswered.delete(onClose);
       if (timer !== undefined) clearTimeout(timer);
     }
   }

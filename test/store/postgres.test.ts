@@ -325,6 +325,34 @@ describe('PostgresStore specifics', () => {
     expect(counts.queued).toBe(1);
   });
 
+  it('fails a transaction left unanswered after a connection of its pool closed, and keeps working', async () => {
+    schema = freshSchemaName('abandontx');
+    const applicationName = `agentfleet-${schema}`;
+    const store = await connect({ applicationName, abandonedWaitMs: 200 });
+    await store.submitBatch([task('a0')], LIMITS);
+    // Reads at once, so the pool holds idle connections besides the one the transaction takes.
+    await Promise.all([store.countTasks(null), store.countTasks(null), store.countTasks(null)]);
+    // A transaction whose statement is never answered (the client defect leaves such promises pending
+    // for good when a connection is terminated), on a connection that stays open itself.
+    const run = (store as unknown as { run: (mode: string, fn: () => Promise<never>) => Promise<never> }).run;
+    const never = run.call(store, 'tx', () => new Promise<never>(() => {}));
+    const outcome = never.then(
+      () => 'answered',
+      (error: unknown) => error,
+    );
+    // The pool's other connections close: the transaction is given abandonedWaitMs, then fails.
+    const other = await withAdminSql(databaseUrl(), async (sql) => {
+      const rows = await sql`SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity
+        WHERE application_name = ${applicationName} AND pid <> pg_backend_pid()
+          AND state <> 'idle in transaction'`;
+      return rows.length;
+    });
+    expect(other).toBeGreaterThan(0);
+    expect(await outcome).toBeInstanceOf(StoreUnavailableError);
+    const counts = await eventually(() => store.countTasks(null), 'countTasks after the kill');
+    expect(counts.queued).toBe(1);
+  });
+
   it('after pg_terminate_backend, calls recover or fail with StoreUnavailableError, and nothing committed is lost', async () => {
     schema = freshSchemaName('kill');
     const applicationName = `agentfleet-${schema}`;
