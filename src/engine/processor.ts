@@ -125,6 +125,8 @@ export class QueueProcessor {
    * another process takes the task back and the late settle is refused by its token.
    */
   private readonly unsettled = new Map<string, PendingSettle>();
+  /** The retry of `unsettled` that a heartbeat started, while it runs. */
+  private retrying: Promise<void> | null = null;
 
   constructor(private readonly deps: ProcessorDeps) {
     this.settler = new Batcher(
@@ -213,6 +215,7 @@ export class QueueProcessor {
     this.deadlineTimer = null;
     this.deadlineAt = Number.POSITIVE_INFINITY;
     await this.heartbeatRun;
+    await this.retrying;
     await this.retryUnsettled();
     await this.settler.idle();
   }
@@ -618,8 +621,12 @@ export class QueueProcessor {
       options.logger.error({ err: error }, 'lease heartbeat failed');
       return;
     }
-    // The store answers again: write what could not be written before.
-    await this.retryUnsettled();
+    // The store answers again: write what could not be written before. Not awaited: those settles wait
+    // for the settle batches ahead of them, and the next heartbeat, which renews every running task's
+    // lease, must not wait for them.
+    this.retrying ??= this.retryUnsettled().finally(() => {
+      this.retrying = null;
+    });
   }
 }
 

@@ -101,4 +101,63 @@ describe('leases and fencing', () => {
     expect(done.attempts).toBe(1);
     expect(done.attempt_history.map((x) => x.outcome)).toEqual(['succeeded']);
   });
+
+  it('keeps renewing leases while the retry of a failed settle waits', async () => {
+    const folder = tempDir();
+    const path = join(folder.dir, 'fleet.db');
+    // The first settle is refused; the ones after it wait until the test lets them through.
+    const real = SqliteStore.open(path);
+    let settles = 0;
+    let beats = 0;
+    let release = (): void => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const slow = new Proxy(real, {
+      get(target, key, receiver) {
+        if (key === 'settleBatch') {
+          return async (...args: Parameters<Store['settleBatch']>) => {
+            settles++;
+            if (settles === 1) throw new StoreUnavailableError('database unreachable');
+            await held;
+            return target.settleBatch(...args);
+          };
+        }
+        if (key === 'heartbeat') {
+          return (...args: Parameters<Store['heartbeat']>) => {
+            beats++;
+            return target.heartbeat(...args);
+          };
+        }
+        const value: unknown = Reflect.get(target, key, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const clock = new ManualClock();
+    const fleet = openFleet({ store: slow, clock, leaseMs: 30_000 }, path);
+    fleets.push(fleet);
+    onTestFinished(() => {
+      release();
+      folder.remove();
+    });
+    fleet.manager.handle('Work', async () => ({ done: true }));
+    const task = await fleet.manager.submit({ task_type: 'Work', description: 'settle me' });
+    await fleet.manager.start();
+    await waitFor(() => settles === 1, 'the first settle to be refused');
+    // The next heartbeat retries the settle, which now waits.
+    await clock.advance(10_000);
+    await waitFor(() => settles === 2, 'the retried settle');
+    const beatsThen = beats;
+    // Heartbeats go on meanwhile, every third of the lease.
+    await clock.advance(10_000);
+    await waitFor(() => beats > beatsThen, 'a heartbeat while the retry waits');
+    await clock.advance(10_000);
+    await waitFor(() => beats > beatsThen + 1, 'another heartbeat');
+    release();
+    const done = await waitFor(async () => {
+      const t = await fleet.manager.getTask(task.id);
+      return t.status === 'succeeded' ? t : null;
+    }, 'the kept outcome to be written');
+    expect(done.attempt_history.map((x) => x.outcome)).toEqual(['succeeded']);
+  });
 });
