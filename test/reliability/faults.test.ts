@@ -238,7 +238,11 @@ describe('fault matrix', () => {
     // Keep work coming until the broken agent has been quarantined, put on probation and retired.
     const retired = await waitFor(
       async () => {
-        ids.push((await submit(s, { task_type: 'Remote', description: `job ${ids.length}` })).id);
+        // Retries enough for a task to meet the broken agent again after its recovery (the monitor can
+        // put it back between two attempts), then a healthy one.
+        ids.push(
+          (await submit(s, { task_type: 'Remote', description: `job ${ids.length}`, max_retries: 10 })).id,
+        );
         await settled(s, ids);
         if (bad === undefined) return undefined;
         return request<AgentReply>(s, 'GET', `/api/v1/agents/${bad}`);
