@@ -589,13 +589,12 @@ export class PostgresStore implements Store {
         timer.unref();
       };
     });
-    const onClose = (): void => arm();
-    if (this.lastCloseMs > 0 && Date.now() - this.lastCloseMs < this.abandonedWaitMs) onClose();
-    this.unanswered.add(onClose);
+    if (this.lastCloseMs > 0 && Date.now() - this.lastCloseMs < this.abandonedWaitMs) arm();
+    this.unanswered.add(arm);
     try {
       return await Promise.race([work(arm), abandoned]);
     } finally {
-      this.unanswered.delete(onClose);
+      this.unanswered.delete(arm);
       if (timer !== undefined) clearTimeout(timer);
     }
   }
@@ -798,15 +797,10 @@ export class PostgresStore implements Store {
       for (const row of breakerRows) unlockedBreakers.set(row.task_type, row);
       // Types whose breaker these verdicts change (as read without a lock), in the order leases lock
       // breaker rows; usually none.
-      const changing = [...verdicts.keys()]
-        .sort(compareBytes)
-        .filter((taskType) =>
-          verdictsChange(
-            taskType,
-            unlockedBreakers.get(taskType),
-            verdicts.get(taskType) ?? [],
-            breakerRules,
-          ),
+      const changing = [...verdicts]
+        .sort(([a], [b]) => compareBytes(a, b))
+        .filter(([taskType, list]) =>
+          verdictsChange(taskType, unlockedBreakers.get(taskType), list, breakerRules),
         );
       // The second step: the writes, then (sent behind them) the breakers that change, locked and
       // written one at a time, then the totals and the wake-up. With no breaker to change, all of it
@@ -816,13 +810,8 @@ export class PostgresStore implements Store {
         q.finishAttempts(tx, attemptWrites),
         q.writeAgents(tx, [...agents.values()]),
         (async () => {
-          for (const taskType of changing) {
-            const changes = await applyBreakerVerdicts(
-              tx,
-              taskType,
-              verdicts.get(taskType) ?? [],
-              breakerRules,
-            );
+          for (const [taskType, list] of changing) {
+            const changes = await applyBreakerVerdicts(tx, taskType, list, breakerRules);
             for (const [index, record] of changes) {
               const result = results[index];
               if (result) result.breaker = record;

@@ -2,20 +2,22 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import type { Store } from '../../src/store/store.js';
 import { openFleet, type TestFleet, tempDir } from '../support/fleet.js';
+import { overriding } from '../support/store.js';
 import { waitFor } from '../support/wait.js';
 
 /** A store that counts the two reads the lease loop makes before it waits. */
 function countingStore(store: Store): { store: Store; reads: { breakers: number; runAt: number } } {
   const reads = { breakers: 0, runAt: 0 };
-  const counted: Store = Object.create(store) as Store;
-  counted.listBreakers = (...args) => {
-    reads.breakers++;
-    return store.listBreakers(...args);
-  };
-  counted.nextRunAt = (...args) => {
-    reads.runAt++;
-    return store.nextRunAt(...args);
-  };
+  const counted = overriding(store, {
+    listBreakers: (...args) => {
+      reads.breakers++;
+      return store.listBreakers(...args);
+    },
+    nextRunAt: (...args) => {
+      reads.runAt++;
+      return store.nextRunAt(...args);
+    },
+  });
   return { store: counted, reads };
 }
 

@@ -3,8 +3,8 @@ import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { StoreUnavailableError } from '../../src/domain/errors.js';
 import { ManualClock } from '../../src/engine/clock.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
-import type { Store } from '../../src/store/store.js';
 import { openFleet, type TestFleet, tempDir } from '../support/fleet.js';
+import { overriding } from '../support/store.js';
 import { gate, waitFor } from '../support/wait.js';
 
 describe('leases and fencing', () => {
@@ -62,19 +62,13 @@ describe('leases and fencing', () => {
     // The store refuses the first settle, as an unreachable or locked database would.
     const real = SqliteStore.open(path);
     let refused = 0;
-    const flaky = new Proxy(real, {
-      get(target, key, receiver) {
-        if (key === 'settleBatch') {
-          return (...args: Parameters<Store['settleBatch']>) => {
-            if (refused === 0) {
-              refused++;
-              return Promise.reject(new StoreUnavailableError('database unreachable'));
-            }
-            return target.settleBatch(...args);
-          };
+    const flaky = overriding(real, {
+      settleBatch: (...args) => {
+        if (refused === 0) {
+          refused++;
+          return Promise.reject(new StoreUnavailableError('database unreachable'));
         }
-        const value: unknown = Reflect.get(target, key, receiver);
-        return typeof value === 'function' ? value.bind(target) : value;
+        return real.settleBatch(...args);
       },
     });
     const clock = new ManualClock();
@@ -109,35 +103,24 @@ describe('leases and fencing', () => {
     const real = SqliteStore.open(path);
     let settles = 0;
     let beats = 0;
-    let release = (): void => {};
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    const slow = new Proxy(real, {
-      get(target, key, receiver) {
-        if (key === 'settleBatch') {
-          return async (...args: Parameters<Store['settleBatch']>) => {
-            settles++;
-            if (settles === 1) throw new StoreUnavailableError('database unreachable');
-            await held;
-            return target.settleBatch(...args);
-          };
-        }
-        if (key === 'heartbeat') {
-          return (...args: Parameters<Store['heartbeat']>) => {
-            beats++;
-            return target.heartbeat(...args);
-          };
-        }
-        const value: unknown = Reflect.get(target, key, receiver);
-        return typeof value === 'function' ? value.bind(target) : value;
+    const held = gate();
+    const slow = overriding(real, {
+      settleBatch: async (...args) => {
+        settles++;
+        if (settles === 1) throw new StoreUnavailableError('database unreachable');
+        await held.promise;
+        return real.settleBatch(...args);
+      },
+      heartbeat: (...args) => {
+        beats++;
+        return real.heartbeat(...args);
       },
     });
     const clock = new ManualClock();
     const fleet = openFleet({ store: slow, clock, leaseMs: 30_000 }, path);
     fleets.push(fleet);
     onTestFinished(() => {
-      release();
+      held.open();
       folder.remove();
     });
     fleet.manager.handle('Work', async () => ({ done: true }));
@@ -153,7 +136,7 @@ describe('leases and fencing', () => {
     await waitFor(() => beats > beatsThen, 'a heartbeat while the retry waits');
     await clock.advance(10_000);
     await waitFor(() => beats > beatsThen + 1, 'another heartbeat');
-    release();
+    held.open();
     const done = await waitFor(async () => {
       const t = await fleet.manager.getTask(task.id);
       return t.status === 'succeeded' ? t : null;

@@ -69,6 +69,20 @@ function leaseRequest(owner: string, limit: number, newAgentId: () => string): L
   };
 }
 
+/**
+ * Runs, through the store's own call path, a statement (`mode` 'statement') or a transaction ('tx') that
+ * is never answered; resolves with what the call ends with: its error, or 'answered'.
+ */
+function neverAnswered(store: PostgresStore, mode: 'statement' | 'tx'): Promise<unknown> {
+  const run = (store as unknown as { run: (mode: string, fn: () => Promise<never>) => Promise<never> }).run;
+  return run
+    .call(store, mode, () => new Promise<never>(() => {}))
+    .then(
+      () => 'answered',
+      (error: unknown) => error,
+    );
+}
+
 /** Resolves with the value of `fn` once it stops failing with StoreUnavailableError (any other error fails). */
 async function eventually<T>(fn: () => Promise<T>, what: string): Promise<T> {
   const deadline = Date.now() + 20_000;
@@ -307,12 +321,7 @@ describe('PostgresStore specifics', () => {
     await store.submitBatch([task('a0')], LIMITS);
     // The client defect this guards against leaves a statement's promise pending for good after its
     // connection is terminated; a statement that is never answered stands in for it.
-    const run = (store as unknown as { run: (mode: string, fn: () => Promise<never>) => Promise<never> }).run;
-    const never = run.call(store, 'statement', () => new Promise<never>(() => {}));
-    const outcome = never.then(
-      () => 'answered',
-      (error: unknown) => error,
-    );
+    const outcome = neverAnswered(store, 'statement');
     const killed = await withAdminSql(databaseUrl(), async (sql) => {
       const rows = await sql`SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity
         WHERE application_name = ${applicationName} AND pid <> pg_backend_pid()`;
@@ -334,12 +343,7 @@ describe('PostgresStore specifics', () => {
     await Promise.all([store.countTasks(null), store.countTasks(null), store.countTasks(null)]);
     // A transaction whose statement is never answered (the client defect leaves such promises pending
     // for good when a connection is terminated), on a connection that stays open itself.
-    const run = (store as unknown as { run: (mode: string, fn: () => Promise<never>) => Promise<never> }).run;
-    const never = run.call(store, 'tx', () => new Promise<never>(() => {}));
-    const outcome = never.then(
-      () => 'answered',
-      (error: unknown) => error,
-    );
+    const outcome = neverAnswered(store, 'tx');
     // The pool's other connections close: the transaction is given abandonedWaitMs, then fails.
     const other = await withAdminSql(databaseUrl(), async (sql) => {
       const rows = await sql`SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity
