@@ -88,7 +88,17 @@ import {
 export interface SqliteStoreOptions {
   /** `full` (default): a commit is fsync'd before it is acknowledged. `normal`: faster, may lose the last commits on power loss. */
   synchronous?: 'full' | 'normal';
+  /**
+   * Most memory the connection's page cache may hold, in KiB (default 2048, SQLite's own default; the
+   * driver is built with 16 MiB). The queue's hot pages (its index, the counters) stay cached; a cold
+   * page costs a read from the OS page cache, a few microseconds. 16 MiB cost up to 14 MB of resident
+   * memory and measured no faster.
+   */
+  cacheKib?: number;
 }
+
+/** Page cache of a connection, in KiB: SQLite's own default. */
+const DEFAULT_CACHE_KIB = 2048;
 
 /** Rows the lease scan reads per query; small pages keep a scan of a long, mostly blocked queue cheap. */
 const LEASE_PAGE = 128;
@@ -448,6 +458,10 @@ export class SqliteStore implements Store {
 
   /** Opens (creating when missing) the database at `file`; `:memory:` gives a private in-memory store. */
   static open(file: string, options: SqliteStoreOptions = {}): SqliteStore {
+    // SQLite would take a bad size silently (zero or a fraction as a page count, a negative as pages).
+    const cacheKib = options.cacheKib ?? DEFAULT_CACHE_KIB;
+    if (!Number.isSafeInteger(cacheKib) || cacheKib < 64)
+      throw new RangeError(`cacheKib must be a whole number of KiB, at least 64 (got ${cacheKib})`);
     if (file !== ':memory:' && file !== '')
       fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
     const db = new Database(file);
@@ -457,6 +471,8 @@ export class SqliteStore implements Store {
       db.pragma('journal_mode = WAL');
       db.pragma(`synchronous = ${options.synchronous === 'normal' ? 'NORMAL' : 'FULL'}`);
       db.pragma('foreign_keys = ON');
+      // Negative: in KiB, not pages.
+      db.pragma(`cache_size = -${cacheKib}`);
       migrate(db);
       return new SqliteStore(db, options.synchronous !== 'normal');
     } catch (error) {
@@ -1351,6 +1367,7 @@ export class SqliteStore implements Store {
     synchronous: 'full' | 'normal' | 'other';
     busyTimeoutMs: number;
     foreignKeys: boolean;
+    cacheKib: number;
   } {
     return this.guard(() => {
       const synchronous = this.db.pragma('synchronous', { simple: true });
@@ -1359,6 +1376,7 @@ export class SqliteStore implements Store {
         synchronous: synchronous === 2 ? 'full' : synchronous === 1 ? 'normal' : 'other',
         busyTimeoutMs: Number(this.db.pragma('busy_timeout', { simple: true })),
         foreignKeys: this.db.pragma('foreign_keys', { simple: true }) === 1,
+        cacheKib: -Number(this.db.pragma('cache_size', { simple: true })),
       };
     });
   }

@@ -6,7 +6,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { priorityKey } from '../../src/domain/priority.js';
-import { SqliteStore } from '../../src/store/sqlite.js';
+import { SqliteStore, type SqliteStoreOptions } from '../../src/store/sqlite.js';
 import { SQLITE_MIGRATIONS } from '../../src/store/sqlite-migrations.js';
 import type { LeaseRequest, NewTask, Store } from '../../src/store/store.js';
 import { SPEC_BREAKER_RULES } from '../../src/store/store.js';
@@ -89,7 +89,7 @@ describe('SqliteStore specifics', () => {
   let dir = '';
   const open: SqliteStore[] = [];
 
-  function openStore(file: string, options?: { synchronous?: 'full' | 'normal' }): SqliteStore {
+  function openStore(file: string, options?: SqliteStoreOptions): SqliteStore {
     const store = SqliteStore.open(file, options);
     open.push(store);
     return store;
@@ -101,7 +101,7 @@ describe('SqliteStore specifics', () => {
     dir = '';
   });
 
-  it('creates the parent folder and sets WAL, synchronous=FULL, busy_timeout and foreign keys', () => {
+  it('creates the parent folder and sets WAL, synchronous=FULL, busy_timeout, foreign keys and a 2 MiB page cache', () => {
     dir = makeTempDir();
     const file = path.join(dir, 'a', 'b', 'agentfleet.db');
     const store = openStore(file);
@@ -111,7 +111,13 @@ describe('SqliteStore specifics', () => {
       synchronous: 'full',
       busyTimeoutMs: 5000,
       foreignKeys: true,
+      cacheKib: 2048,
     });
+    expect(openStore(path.join(dir, 'big.db'), { cacheKib: 65_536 }).settings().cacheKib).toBe(65_536);
+    for (const cacheKib of [0, 12, -2048, 1.5, Number.NaN]) {
+      expect(() => openStore(path.join(dir, 'bad.db'), { cacheKib })).toThrow(/cacheKib must be/);
+    }
+    expect(fs.existsSync(path.join(dir, 'bad.db'))).toBe(false);
     expect(openStore(path.join(dir, 'fast.db'), { synchronous: 'normal' }).settings().synchronous).toBe(
       'normal',
     );
