@@ -314,7 +314,7 @@ const SQL = {
   countUserAgents: "SELECT COUNT(*) AS n FROM agents WHERE user_id = @user AND status <> 'retired'",
   countUserAgentsOfType: 'SELECT COUNT(*) AS n FROM agents WHERE user_id = @user AND agent_type = @type',
   insertAgent: `INSERT INTO agents (id, user_id, agent_type, name, status, created_at)
-      VALUES (@id, @user_id, @agent_type, @name, 'idle', @created_at)`,
+      VALUES (@id, @user_id, @agent_type, @name, 'idle', @created_at) RETURNING *`,
   agentById: `SELECT * FROM agents WHERE id = @id AND ${USER_FILTER}`,
   occupyAgent:
     "UPDATE agents SET status = 'busy', current_task_id = @task_id, last_used_at = @now WHERE seq = @seq",
@@ -738,6 +738,10 @@ export class SqliteStore implements Store {
     const blocked = new Set<string>();
     // Idle agents read ahead per (user, type) pair, least recently used first; each is used once.
     const idle = new Map<string, AgentRow[]>();
+    // Agents per user (not retired) and per (user, type), counted once per call and then kept up to
+    // date here: each count reads every agent of the user, and a burst creates many agents in one call.
+    const owned = new Map<string, number>();
+    const ofType = new Map<string, number>();
     // One random prefix per call; a counter makes each token of the call unique.
     const tokenPrefix = randomHex(12);
     const headroom = request.headroom ?? {};
@@ -798,11 +802,24 @@ export class SqliteStore implements Store {
         let agent = ahead.pop();
         let agentCreated = false;
         if (!agent) {
-          if (this.count('countUserAgents', { user: row.user_id }) >= request.maxAgentsPerUser) {
+          const userAgents = owned.get(row.user_id) ?? this.count('countUserAgents', { user: row.user_id });
+          owned.set(row.user_id, userAgents);
+          if (userAgents >= request.maxAgentsPerUser) {
             blocked.add(pair);
             continue;
           }
-          agent = this.createAgentRow(row.user_id, row.task_type, request.newAgentId(), now);
+          const n =
+            (ofType.get(pair) ??
+              this.count('countUserAgentsOfType', { user: row.user_id, type: row.task_type })) + 1;
+          agent = this.insertAgent({
+            id: request.newAgentId(),
+            userId: row.user_id,
+            agentType: row.task_type,
+            name: `${row.task_type}-${n}`,
+            createdAtMs: now,
+          });
+          owned.set(row.user_id, userAgents + 1);
+          ofType.set(pair, n);
           agentCreated = true;
         }
         const token = tokenPrefix + leased.length.toString(16).padStart(8, '0');
@@ -833,17 +850,16 @@ export class SqliteStore implements Store {
     return leased;
   }
 
-  private createAgentRow(userId: string, agentType: string, id: string, nowMs: number): AgentRow {
-    const n = this.count('countUserAgentsOfType', { user: userId, type: agentType }) + 1;
-    this.run('insertAgent', {
-      id,
-      user_id: userId,
-      agent_type: agentType,
-      name: `${agentType}-${n}`,
-      created_at: nowMs,
+  /** Inserts an idle agent; returns its row as stored. */
+  private insertAgent(agent: NewAgent): AgentRow {
+    const row = this.get<AgentRow>('insertAgent', {
+      id: agent.id,
+      user_id: agent.userId,
+      agent_type: agent.agentType,
+      name: agent.name,
+      created_at: agent.createdAtMs,
     });
-    const row = this.agentById(id);
-    if (!row) throw new Error(`agent ${id} vanished inside its transaction`);
+    if (!row) throw new Error(`agent ${agent.id} was not inserted`);
     return row;
   }
 
@@ -1232,16 +1248,7 @@ export class SqliteStore implements Store {
       if (this.count('countUserAgents', { user: agent.userId }) >= maxAgentsPerUser) {
         throw new UserAgentLimitError(maxAgentsPerUser);
       }
-      this.run('insertAgent', {
-        id: agent.id,
-        user_id: agent.userId,
-        agent_type: agent.agentType,
-        name: agent.name,
-        created_at: agent.createdAtMs,
-      });
-      const row = this.agentById(agent.id);
-      if (!row) throw new Error(`agent ${agent.id} vanished inside its transaction`);
-      return toAgentView(row);
+      return toAgentView(this.insertAgent(agent));
     });
   }
 

@@ -470,6 +470,28 @@ export function describeStoreConformance(
         expect((await store.countAgents('alice')).busy).toBe(2);
       });
 
+      it('creates agents within one lease up to the limit, counting the agents the user already has', async () => {
+        // One agent of another type counts toward the limit; a retired one only toward the numbering.
+        await store.createAgent(
+          { id: 'review', userId: 'alice', agentType: 'CodeReview', name: 'r', createdAtMs: T0 },
+          10,
+        );
+        await store.createAgent(
+          { id: 'old', userId: 'alice', agentType: 'CodeGeneration', name: 'o', createdAtMs: T0 },
+          10,
+        );
+        await store.retireAgent('old', 'alice', T0);
+        await submit(Array.from({ length: 5 }, () => makeTask()));
+        const leased = await lease({ limit: 5, maxAgentsPerUser: 4 });
+        expect(leased.map((l) => [l.agentCreated, l.agent.name])).toEqual([
+          [true, 'CodeGeneration-2'],
+          [true, 'CodeGeneration-3'],
+          [true, 'CodeGeneration-4'],
+        ]);
+        expect(await lease({ limit: 5, maxAgentsPerUser: 4 })).toHaveLength(0);
+        expect(await store.countAgents('alice')).toMatchObject({ busy: 3, idle: 1, retired: 1 });
+      });
+
       it("skips a user at the agent limit without losing its place, and still leases other users' tasks", async () => {
         await submitOne({ id: 'a-1', priority: 'urgent' });
         await submitOne({ id: 'a-2', priority: 'urgent' });
