@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: every workload of issue 7 on every store, each run in a fresh child process on a
- * fresh store (so peak RSS is the workload's own), median of N runs; prints a table and writes a JSON
- * file with the figures, the machine and the versions.
+ * fresh store (so peak RSS is the workload's own), median of N runs taken in N rounds over all workloads;
+ * prints a table and writes a JSON file with the figures, the machine and the versions.
  *
  *   npm run bench -- [--workloads w1-single,w2-drain] [--stores sqlite,sqlite-normal,postgres]
  *                    [--runs 3] [--out bench/results/latest.json] [--no-build]
@@ -247,21 +247,35 @@ memory.close();
 const loadBefore = os.loadavg();
 const startedAt = new Date().toISOString();
 const results: Record<string, Record<string, { median: Figures; runs: Figures[] }>> = {};
-for (const workload of options.workloads) {
-  results[workload] = {};
-  for (const store of stores) {
-    const runs: Figures[] = [];
-    for (let i = 0; i < options.runs; i++) {
+// Rounds: each round runs every workload on every store once. This machine's speed drifts for tens of
+// seconds at a time; taking a workload's runs back to back let one slow stretch make all of them slow
+// (W2 on SQLite measured 7,600 tasks/s in the table and 12,000 alone a minute later). Spread over the
+// rounds, a slow stretch costs each row at most one of its runs, which the median drops.
+const collected = new Map<string, Figures[]>();
+for (let round = 1; round <= options.runs; round++) {
+  for (const workload of options.workloads) {
+    for (const store of stores) {
+      const key = `${workload}\u0000${store}`;
+      const runs = collected.get(key) ?? [];
+      collected.set(key, runs);
       try {
         runs.push(await runOnce(workload, store));
+        console.error(
+          `${workload.padEnd(14)} ${store.padEnd(14)} run ${round}: ${JSON.stringify(runs.at(-1))}`,
+        );
       } catch (error) {
         console.error(String(error));
       }
     }
+  }
+}
+for (const workload of options.workloads) {
+  results[workload] = {};
+  for (const store of stores) {
+    const runs = collected.get(`${workload}\u0000${store}`) ?? [];
     if (runs.length === 0) continue;
     const entry = { median: medianFigures(runs), runs };
     (results[workload] as Record<string, typeof entry>)[store] = entry;
-    console.error(`${workload.padEnd(14)} ${store.padEnd(14)} ${JSON.stringify(entry.median)}`);
   }
 }
 const loadAfter = os.loadavg();
@@ -296,7 +310,8 @@ const report = {
   finished_at: new Date().toISOString(),
   command: ['npm run bench', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '),
   runs_per_workload: options.runs,
-  statistic: 'median of each figure across runs, each run a fresh process on a fresh store',
+  statistic:
+    'median of each figure across runs, each run a fresh process on a fresh store; the runs of a workload are in separate rounds',
   machine: {
     cpus: os.cpus().length,
     cpu_model: os.cpus()[0]?.model ?? 'unknown',
