@@ -186,6 +186,239 @@ const SUBMIT_V1_BOUNDED_COUNTS = [
   ],
 ].reduce((text, [from, to]) => replaceOnce(text, from ?? '', to ?? ''), SUBMIT_V1);
 
+/** Migration 3's SQL (never edited; migration 6 derives its lease function from it). */
+const MIGRATION_3 = `
+-- Agent selection inside the lease functions: the user's least-recently-used idle agent of a type,
+-- in exactly the lease's order (last_used_at NULLS FIRST, created_at, seq), so the pick is an index
+-- walk that stops at the first unlocked idle agent. agents_pick (migration 1) ends in last_used_at
+-- NULLS LAST and covers every status, so each pick read all of the pair's idle agents (and their
+-- dead versions left by earlier leases and settles) and sorted them.
+CREATE INDEX agents_idle_lru ON agents (user_id, agent_type, last_used_at ASC NULLS FIRST, created_at, seq)
+  WHERE status = 'idle';
+
+-- agentfleet_lease_v3: migration 2's agentfleet_lease_v2 with the same locking and results, two changes.
+-- 1. The walk is linear: one cursor over the queue (FOR UPDATE SKIP LOCKED, fetched one row at a time,
+--    so a row is locked only when the walk reaches it) instead of one LIMIT 1 query per row. Each of
+--    those queries started at the head of tasks_lease_order and stepped over the entries of every row
+--    the call had already taken or passed (their old versions stay in the index until the transaction
+--    ends), so a call cost grew with the square of the rows it looked at. The cursor is reopened after
+--    the row last looked at whenever a type runs out of allowance, so rows of that type are then not
+--    locked. The cursor sees the queue as of its opening.
+-- 2. The Store port's optional headroom: a task of priority p is leased only while at least
+--    p_headroom[p] of the p_limit slots stay free after it, so a backlog of low tasks leaves the last
+--    slots to more urgent work. p_stop_keys[p] is the priority key of a task of priority p enqueued a
+--    minute from now: once the walk is below it for the lowest priority still allowed, no later row can
+--    be leased and the walk ends instead of locking the rest of the backlog.
+-- A new name rather than a replacement, so processes of the previous version keep calling v2.
+CREATE FUNCTION agentfleet_lease_v3(
+  p_owner text, p_limit integer, p_now bigint, p_expires bigint, p_exclude text[], p_caps jsonb,
+  p_max_agents integer, p_agent_ids text[], p_tokens text[], p_max_scan integer, p_lock_ns integer,
+  p_breaker_timeout bigint, p_type_limits jsonb, p_limit_ns integer, p_headroom jsonb, p_stop_keys jsonb
+) RETURNS TABLE (o_task jsonb, o_agent jsonb, o_token text, o_created boolean)
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+#variable_conflict use_column
+DECLARE
+  t tasks%ROWTYPE;
+  a agents%ROWTYPE;
+  b breakers%ROWTYPE;
+  leased integer := 0;
+  created integer := 0;
+  scanned integer := 0;
+  after_key bigint := 9223372036854775807;
+  after_seq bigint := 0;
+  -- Types this call does not lease (grows as allowances run out).
+  skip_types text[] := COALESCE(p_exclude, '{}');
+  -- {type: n}: most further tasks of the type this call may lease (local cap, probe, type limit).
+  allow jsonb := COALESCE(p_caps, '{}'::jsonb);
+  probe_types text[] := '{}';
+  blocked text[] := '{}';
+  creation_locked boolean := false;
+  pair text;
+  v_type text;
+  v_left integer;
+  n integer;
+  is_new boolean;
+  -- The walk's cursor, and whether it must be (re)opened because skip_types changed.
+  walk refcursor;
+  walk_open boolean := false;
+  reopen boolean := true;
+  -- Low-priority headroom: slots a priority leaves free, and the walk's stop rule (see above).
+  v_stop bigint;
+  v_p text;
+BEGIN
+  FOR b IN SELECT * FROM breakers WHERE state <> 'closed' ORDER BY task_type COLLATE "C" FOR UPDATE LOOP
+    IF b.state = 'open' AND b.opened_at IS NOT NULL AND p_now >= b.opened_at + p_breaker_timeout THEN
+      UPDATE breakers SET state = 'half_open', probe_task_id = NULL, updated_at = p_now
+        WHERE task_type = b.task_type;
+      b.state := 'half_open';
+      b.probe_task_id := NULL;
+    END IF;
+    IF b.state = 'half_open' AND b.probe_task_id IS NULL THEN
+      probe_types := probe_types || b.task_type;
+      allow := allow || jsonb_build_object(b.task_type, LEAST(COALESCE((allow ->> b.task_type)::integer, 1), 1));
+    ELSE
+      skip_types := skip_types || b.task_type;
+    END IF;
+  END LOOP;
+
+  IF p_type_limits IS NOT NULL AND p_type_limits <> '{}'::jsonb THEN
+    FOR v_type IN SELECT l.k FROM jsonb_object_keys(p_type_limits) AS l(k)
+        WHERE NOT (l.k = ANY (skip_types)) ORDER BY hashtext(l.k), l.k COLLATE "C" LOOP
+      PERFORM pg_advisory_xact_lock(p_limit_ns, hashtext(v_type));
+    END LOOP;
+    FOR v_type, v_left IN SELECT l.k, (p_type_limits ->> l.k)::integer
+          - (SELECT count(*) FROM tasks WHERE status = 'running' AND task_type = l.k)::integer
+        FROM jsonb_object_keys(p_type_limits) AS l(k) WHERE NOT (l.k = ANY (skip_types)) LOOP
+      allow := allow || jsonb_build_object(v_type, LEAST(COALESCE((allow ->> v_type)::integer, v_left), v_left));
+    END LOOP;
+  END IF;
+
+  FOR v_type IN SELECT e.key FROM jsonb_each_text(allow) AS e WHERE e.value::integer <= 0 LOOP
+    skip_types := skip_types || v_type;
+  END LOOP;
+
+  WHILE leased < p_limit AND scanned < p_max_scan LOOP
+    IF reopen THEN
+      IF walk_open THEN
+        CLOSE walk;
+      END IF;
+      OPEN walk NO SCROLL FOR SELECT * FROM tasks
+        WHERE status = 'queued' AND run_at <= p_now AND NOT (task_type = ANY (skip_types))
+          AND (priority_key < after_key OR (priority_key = after_key AND seq > after_seq))
+        ORDER BY priority_key DESC, seq ASC
+        FOR UPDATE SKIP LOCKED;
+      walk_open := true;
+      reopen := false;
+    END IF;
+    FETCH walk INTO t;
+    EXIT WHEN NOT FOUND;
+    scanned := scanned + 1;
+    after_key := t.priority_key;
+    after_seq := t.seq;
+    IF leased + COALESCE((p_headroom ->> t.priority)::integer, 0) >= p_limit THEN
+      -- Kept free for more urgent work. Keys only fall along the walk: below the smallest key the
+      -- lowest priority still allowed can have (p_stop_keys: enqueued a minute from now), nothing fits.
+      v_stop := NULL;
+      FOREACH v_p IN ARRAY ARRAY['urgent', 'high', 'medium', 'low'] LOOP
+        IF leased + COALESCE((p_headroom ->> v_p)::integer, 0) < p_limit THEN
+          v_stop := (p_stop_keys ->> v_p)::bigint;
+        END IF;
+      END LOOP;
+      EXIT WHEN v_stop IS NULL OR t.priority_key < v_stop;
+      CONTINUE;
+    END IF;
+    pair := t.user_id || chr(1) || t.task_type;
+    IF pair = ANY (blocked) THEN
+      CONTINUE;
+    END IF;
+    is_new := false;
+    SELECT * INTO a FROM agents
+      WHERE user_id = t.user_id AND agent_type = t.task_type AND status = 'idle'
+      ORDER BY last_used_at ASC NULLS FIRST, created_at ASC, seq ASC
+      LIMIT 1
+      FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+      IF created >= COALESCE(array_length(p_agent_ids, 1), 0) THEN
+        blocked := blocked || pair;
+        CONTINUE;
+      END IF;
+      IF NOT creation_locked THEN
+        PERFORM pg_advisory_xact_lock(p_lock_ns, 0);
+        creation_locked := true;
+      END IF;
+      SELECT count(*) INTO n FROM agents WHERE user_id = t.user_id AND status <> 'retired';
+      IF n >= p_max_agents THEN
+        blocked := blocked || pair;
+        CONTINUE;
+      END IF;
+      SELECT count(*) INTO n FROM agents WHERE user_id = t.user_id AND agent_type = t.task_type;
+      created := created + 1;
+      INSERT INTO agents (id, user_id, agent_type, name, status, created_at)
+        VALUES (p_agent_ids[created], t.user_id, t.task_type, t.task_type || '-' || (n + 1), 'idle', p_now)
+        RETURNING * INTO a;
+      is_new := true;
+    END IF;
+    leased := leased + 1;
+    UPDATE tasks SET status = 'running', attempts = attempts + 1, agent_id = a.id, started_at = p_now,
+        finished_at = NULL, lease_owner = p_owner, lease_token = p_tokens[leased], lease_expires_at = p_expires
+      WHERE seq = t.seq
+      RETURNING * INTO t;
+    INSERT INTO attempts (task_id, attempt, agent_id, lease_owner, started_at, outcome)
+      VALUES (t.id, t.attempts, a.id, p_owner, p_now, 'running');
+    UPDATE agents SET status = 'busy', current_task_id = t.id, last_used_at = p_now
+      WHERE seq = a.seq
+      RETURNING * INTO a;
+    IF t.task_type = ANY (probe_types) THEN
+      UPDATE breakers SET probe_task_id = t.id, updated_at = p_now WHERE task_type = t.task_type;
+    END IF;
+    v_left := (allow ->> t.task_type)::integer;
+    IF v_left IS NOT NULL THEN
+      allow := allow || jsonb_build_object(t.task_type, v_left - 1);
+      IF v_left - 1 <= 0 THEN
+        skip_types := skip_types || t.task_type;
+        reopen := true;
+      END IF;
+    END IF;
+    o_task := to_jsonb(t);
+    o_agent := to_jsonb(a);
+    o_token := p_tokens[leased];
+    o_created := is_new;
+    RETURN NEXT;
+  END LOOP;
+  IF walk_open THEN
+    CLOSE walk;
+  END IF;
+END;
+$$;
+`;
+
+/**
+ * Migration 6: `agentfleet_lease_v3` with the same signature and the same results, counting agents
+ * once per call. Each agent it created cost two counts over all of the user's agents (for the limit and
+ * for the new agent's number), so a lease creating many agents for a user who has many cost the square.
+ * Now each count is made once per call, under the agent-creation lock that the call holds until it
+ * commits (every agent creation takes it), and kept up to date as the call creates agents. An agent
+ * retired meanwhile can only make the kept count high, never let the limit be passed.
+ * A replacement rather than a new name, like migration 5: processes of the previous version call v3 too.
+ */
+const LEASE_V3_COUNTING_ONCE = [
+  ['CREATE FUNCTION agentfleet_lease_v3(', 'CREATE OR REPLACE FUNCTION agentfleet_lease_v3('],
+  [
+    '  n integer;\n',
+    "  n integer;\n  -- {user: agents not retired}, {user chr(1) type: agents of the type}: counted once (migration 6).\n  owned jsonb := '{}';\n  named jsonb := '{}';\n",
+  ],
+  [
+    `      SELECT count(*) INTO n FROM agents WHERE user_id = t.user_id AND status <> 'retired';
+      IF n >= p_max_agents THEN
+        blocked := blocked || pair;
+        CONTINUE;
+      END IF;
+      SELECT count(*) INTO n FROM agents WHERE user_id = t.user_id AND agent_type = t.task_type;
+      created := created + 1;
+`,
+    `      n := (owned ->> t.user_id)::integer;
+      IF n IS NULL THEN
+        SELECT count(*) INTO n FROM agents WHERE user_id = t.user_id AND status <> 'retired';
+      END IF;
+      IF n >= p_max_agents THEN
+        owned := owned || jsonb_build_object(t.user_id, n);
+        blocked := blocked || pair;
+        CONTINUE;
+      END IF;
+      owned := owned || jsonb_build_object(t.user_id, n + 1);
+      n := (named ->> pair)::integer;
+      IF n IS NULL THEN
+        SELECT count(*) INTO n FROM agents WHERE user_id = t.user_id AND agent_type = t.task_type;
+      END IF;
+      named := named || jsonb_build_object(pair, n + 1);
+      created := created + 1;
+`,
+  ],
+].reduce(
+  (text, [from, to]) => replaceOnce(text, from ?? '', to ?? ''),
+  MIGRATION_3.slice(MIGRATION_3.indexOf('CREATE FUNCTION agentfleet_lease_v3(')),
+);
+
 /** Every migration, in version order. Append only. */
 export const POSTGRES_MIGRATIONS: readonly PostgresMigration[] = [
   {
@@ -587,190 +820,7 @@ $$;
   {
     version: 3,
     name: 'idle agent pick index; lease v3: linear walk and priority headroom',
-    sql: `
--- Agent selection inside the lease functions: the user's least-recently-used idle agent of a type,
--- in exactly the lease's order (last_used_at NULLS FIRST, created_at, seq), so the pick is an index
--- walk that stops at the first unlocked idle agent. agents_pick (migration 1) ends in last_used_at
--- NULLS LAST and covers every status, so each pick read all of the pair's idle agents (and their
--- dead versions left by earlier leases and settles) and sorted them.
-CREATE INDEX agents_idle_lru ON agents (user_id, agent_type, last_used_at ASC NULLS FIRST, created_at, seq)
-  WHERE status = 'idle';
-
--- agentfleet_lease_v3: migration 2's agentfleet_lease_v2 with the same locking and results, two changes.
--- 1. The walk is linear: one cursor over the queue (FOR UPDATE SKIP LOCKED, fetched one row at a time,
---    so a row is locked only when the walk reaches it) instead of one LIMIT 1 query per row. Each of
---    those queries started at the head of tasks_lease_order and stepped over the entries of every row
---    the call had already taken or passed (their old versions stay in the index until the transaction
---    ends), so a call cost grew with the square of the rows it looked at. The cursor is reopened after
---    the row last looked at whenever a type runs out of allowance, so rows of that type are then not
---    locked. The cursor sees the queue as of its opening.
--- 2. The Store port's optional headroom: a task of priority p is leased only while at least
---    p_headroom[p] of the p_limit slots stay free after it, so a backlog of low tasks leaves the last
---    slots to more urgent work. p_stop_keys[p] is the priority key of a task of priority p enqueued a
---    minute from now: once the walk is below it for the lowest priority still allowed, no later row can
---    be leased and the walk ends instead of locking the rest of the backlog.
--- A new name rather than a replacement, so processes of the previous version keep calling v2.
-CREATE FUNCTION agentfleet_lease_v3(
-  p_owner text, p_limit integer, p_now bigint, p_expires bigint, p_exclude text[], p_caps jsonb,
-  p_max_agents integer, p_agent_ids text[], p_tokens text[], p_max_scan integer, p_lock_ns integer,
-  p_breaker_timeout bigint, p_type_limits jsonb, p_limit_ns integer, p_headroom jsonb, p_stop_keys jsonb
-) RETURNS TABLE (o_task jsonb, o_agent jsonb, o_token text, o_created boolean)
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
-#variable_conflict use_column
-DECLARE
-  t tasks%ROWTYPE;
-  a agents%ROWTYPE;
-  b breakers%ROWTYPE;
-  leased integer := 0;
-  created integer := 0;
-  scanned integer := 0;
-  after_key bigint := 9223372036854775807;
-  after_seq bigint := 0;
-  -- Types this call does not lease (grows as allowances run out).
-  skip_types text[] := COALESCE(p_exclude, '{}');
-  -- {type: n}: most further tasks of the type this call may lease (local cap, probe, type limit).
-  allow jsonb := COALESCE(p_caps, '{}'::jsonb);
-  probe_types text[] := '{}';
-  blocked text[] := '{}';
-  creation_locked boolean := false;
-  pair text;
-  v_type text;
-  v_left integer;
-  n integer;
-  is_new boolean;
-  -- The walk's cursor, and whether it must be (re)opened because skip_types changed.
-  walk refcursor;
-  walk_open boolean := false;
-  reopen boolean := true;
-  -- Low-priority headroom: slots a priority leaves free, and the walk's stop rule (see above).
-  v_stop bigint;
-  v_p text;
-BEGIN
-  FOR b IN SELECT * FROM breakers WHERE state <> 'closed' ORDER BY task_type COLLATE "C" FOR UPDATE LOOP
-    IF b.state = 'open' AND b.opened_at IS NOT NULL AND p_now >= b.opened_at + p_breaker_timeout THEN
-      UPDATE breakers SET state = 'half_open', probe_task_id = NULL, updated_at = p_now
-        WHERE task_type = b.task_type;
-      b.state := 'half_open';
-      b.probe_task_id := NULL;
-    END IF;
-    IF b.state = 'half_open' AND b.probe_task_id IS NULL THEN
-      probe_types := probe_types || b.task_type;
-      allow := allow || jsonb_build_object(b.task_type, LEAST(COALESCE((allow ->> b.task_type)::integer, 1), 1));
-    ELSE
-      skip_types := skip_types || b.task_type;
-    END IF;
-  END LOOP;
-
-  IF p_type_limits IS NOT NULL AND p_type_limits <> '{}'::jsonb THEN
-    FOR v_type IN SELECT l.k FROM jsonb_object_keys(p_type_limits) AS l(k)
-        WHERE NOT (l.k = ANY (skip_types)) ORDER BY hashtext(l.k), l.k COLLATE "C" LOOP
-      PERFORM pg_advisory_xact_lock(p_limit_ns, hashtext(v_type));
-    END LOOP;
-    FOR v_type, v_left IN SELECT l.k, (p_type_limits ->> l.k)::integer
-          - (SELECT count(*) FROM tasks WHERE status = 'running' AND task_type = l.k)::integer
-        FROM jsonb_object_keys(p_type_limits) AS l(k) WHERE NOT (l.k = ANY (skip_types)) LOOP
-      allow := allow || jsonb_build_object(v_type, LEAST(COALESCE((allow ->> v_type)::integer, v_left), v_left));
-    END LOOP;
-  END IF;
-
-  FOR v_type IN SELECT e.key FROM jsonb_each_text(allow) AS e WHERE e.value::integer <= 0 LOOP
-    skip_types := skip_types || v_type;
-  END LOOP;
-
-  WHILE leased < p_limit AND scanned < p_max_scan LOOP
-    IF reopen THEN
-      IF walk_open THEN
-        CLOSE walk;
-      END IF;
-      OPEN walk NO SCROLL FOR SELECT * FROM tasks
-        WHERE status = 'queued' AND run_at <= p_now AND NOT (task_type = ANY (skip_types))
-          AND (priority_key < after_key OR (priority_key = after_key AND seq > after_seq))
-        ORDER BY priority_key DESC, seq ASC
-        FOR UPDATE SKIP LOCKED;
-      walk_open := true;
-      reopen := false;
-    END IF;
-    FETCH walk INTO t;
-    EXIT WHEN NOT FOUND;
-    scanned := scanned + 1;
-    after_key := t.priority_key;
-    after_seq := t.seq;
-    IF leased + COALESCE((p_headroom ->> t.priority)::integer, 0) >= p_limit THEN
-      -- Kept free for more urgent work. Keys only fall along the walk: below the smallest key the
-      -- lowest priority still allowed can have (p_stop_keys: enqueued a minute from now), nothing fits.
-      v_stop := NULL;
-      FOREACH v_p IN ARRAY ARRAY['urgent', 'high', 'medium', 'low'] LOOP
-        IF leased + COALESCE((p_headroom ->> v_p)::integer, 0) < p_limit THEN
-          v_stop := (p_stop_keys ->> v_p)::bigint;
-        END IF;
-      END LOOP;
-      EXIT WHEN v_stop IS NULL OR t.priority_key < v_stop;
-      CONTINUE;
-    END IF;
-    pair := t.user_id || chr(1) || t.task_type;
-    IF pair = ANY (blocked) THEN
-      CONTINUE;
-    END IF;
-    is_new := false;
-    SELECT * INTO a FROM agents
-      WHERE user_id = t.user_id AND agent_type = t.task_type AND status = 'idle'
-      ORDER BY last_used_at ASC NULLS FIRST, created_at ASC, seq ASC
-      LIMIT 1
-      FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND THEN
-      IF created >= COALESCE(array_length(p_agent_ids, 1), 0) THEN
-        blocked := blocked || pair;
-        CONTINUE;
-      END IF;
-      IF NOT creation_locked THEN
-        PERFORM pg_advisory_xact_lock(p_lock_ns, 0);
-        creation_locked := true;
-      END IF;
-      SELECT count(*) INTO n FROM agents WHERE user_id = t.user_id AND status <> 'retired';
-      IF n >= p_max_agents THEN
-        blocked := blocked || pair;
-        CONTINUE;
-      END IF;
-      SELECT count(*) INTO n FROM agents WHERE user_id = t.user_id AND agent_type = t.task_type;
-      created := created + 1;
-      INSERT INTO agents (id, user_id, agent_type, name, status, created_at)
-        VALUES (p_agent_ids[created], t.user_id, t.task_type, t.task_type || '-' || (n + 1), 'idle', p_now)
-        RETURNING * INTO a;
-      is_new := true;
-    END IF;
-    leased := leased + 1;
-    UPDATE tasks SET status = 'running', attempts = attempts + 1, agent_id = a.id, started_at = p_now,
-        finished_at = NULL, lease_owner = p_owner, lease_token = p_tokens[leased], lease_expires_at = p_expires
-      WHERE seq = t.seq
-      RETURNING * INTO t;
-    INSERT INTO attempts (task_id, attempt, agent_id, lease_owner, started_at, outcome)
-      VALUES (t.id, t.attempts, a.id, p_owner, p_now, 'running');
-    UPDATE agents SET status = 'busy', current_task_id = t.id, last_used_at = p_now
-      WHERE seq = a.seq
-      RETURNING * INTO a;
-    IF t.task_type = ANY (probe_types) THEN
-      UPDATE breakers SET probe_task_id = t.id, updated_at = p_now WHERE task_type = t.task_type;
-    END IF;
-    v_left := (allow ->> t.task_type)::integer;
-    IF v_left IS NOT NULL THEN
-      allow := allow || jsonb_build_object(t.task_type, v_left - 1);
-      IF v_left - 1 <= 0 THEN
-        skip_types := skip_types || t.task_type;
-        reopen := true;
-      END IF;
-    END IF;
-    o_task := to_jsonb(t);
-    o_agent := to_jsonb(a);
-    o_token := p_tokens[leased];
-    o_created := is_new;
-    RETURN NEXT;
-  END LOOP;
-  IF walk_open THEN
-    CLOSE walk;
-  END IF;
-END;
-$$;
-`,
+    sql: MIGRATION_3,
   },
   {
     version: 4,
@@ -781,5 +831,10 @@ $$;
     version: 5,
     name: 'submit: bounded admission counts',
     sql: SUBMIT_V1_BOUNDED_COUNTS,
+  },
+  {
+    version: 6,
+    name: 'lease: agents counted once per call',
+    sql: LEASE_V3_COUNTING_ONCE,
   },
 ];
