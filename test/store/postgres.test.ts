@@ -102,7 +102,12 @@ describe('PostgresStore specifics', () => {
   const open: PostgresStore[] = [];
 
   async function connect(
-    options: { applicationName?: string; max?: number; abandonedWaitMs?: number } = {},
+    options: {
+      applicationName?: string;
+      max?: number;
+      abandonedWaitMs?: number;
+      warmConnections?: number;
+    } = {},
   ): Promise<PostgresStore> {
     const store = await PostgresStore.connect(databaseUrl(), { schema, max: options.max ?? 4, ...options });
     open.push(store);
@@ -312,6 +317,41 @@ describe('PostgresStore specifics', () => {
     );
     const [outcome] = await submit;
     expect(outcome?.ok).toBe(true);
+  });
+
+  it('opens its pool warmed, and the warm-up leaves nothing behind', async () => {
+    schema = freshSchemaName('warm');
+    const listener = await connect({ warmConnections: 0 });
+    // What each wake-up found: a warm-up that committed would wake the listener before the real submit.
+    const seen: boolean[] = [];
+    let submitted = false;
+    listener.onWake(() => seen.push(submitted));
+    const backends = async (applicationName: string) =>
+      withAdminSql(databaseUrl(), async (sql) => {
+        const [row] = await sql<{ n: number }[]>`SELECT count(*)::integer AS n FROM pg_stat_activity
+          WHERE application_name = ${applicationName}`;
+        return row?.n ?? 0;
+      });
+    const store = await connect({ applicationName: `agentfleet-${schema}-w`, max: 6 });
+    // Three pooled connections opened by the warm-up (the default; the pool may open six), and the one
+    // that listens.
+    expect(await backends(`agentfleet-${schema}-w`)).toBe(4);
+    // Cold: the connection its migration check used, and the one that listens.
+    await connect({ applicationName: `agentfleet-${schema}-c`, max: 3, warmConnections: 0 });
+    expect(await backends(`agentfleet-${schema}-c`)).toBe(2);
+    const counts = await store.countTasks(null);
+    expect(Object.values(counts).every((n) => n === 0)).toBe(true);
+    expect(Object.values(await store.countAgents(null)).every((n) => n === 0)).toBe(true);
+    submitted = true;
+    await store.submitBatch([task('real')], LIMITS);
+    await waitFor(() => seen.length > 0, 'the wake-up of the real submit', 10_000);
+    expect(seen[0]).toBe(true);
+    let agent = 0;
+    const [leased] = await store.leaseBatch(leaseRequest('proc-1', 5, () => `agent-${++agent}`));
+    expect(leased?.task.id).toBe('real');
+    await expect(PostgresStore.connect(databaseUrl(), { schema, warmConnections: -1 })).rejects.toThrow(
+      /warmConnections/,
+    );
   });
 
   it('fails a statement left unanswered after a connection of its pool closed, and keeps working', async () => {
