@@ -336,9 +336,11 @@ describe('PostgresStore specifics', () => {
     // Three pooled connections opened by the warm-up (the default; the pool may open six), and the one
     // that listens.
     expect(await backends(`agentfleet-${schema}-w`)).toBe(4);
+    expect(store.warmedConnections).toBe(3);
     // Cold: the connection its migration check used, and the one that listens.
-    await connect({ applicationName: `agentfleet-${schema}-c`, max: 3, warmConnections: 0 });
+    const cold = await connect({ applicationName: `agentfleet-${schema}-c`, max: 3, warmConnections: 0 });
     expect(await backends(`agentfleet-${schema}-c`)).toBe(2);
+    expect(cold.warmedConnections).toBe(0);
     const counts = await store.countTasks(null);
     expect(Object.values(counts).every((n) => n === 0)).toBe(true);
     expect(Object.values(await store.countAgents(null)).every((n) => n === 0)).toBe(true);
