@@ -123,7 +123,7 @@ export interface PostgresStoreOptions {
 
 /**
  * Connections `connect` warms by default. Measured on PostgreSQL L (2,000 tasks at 200/s, 8 pairs): p99
- * median 34.9 ms cold, 25.2 ms with 3 warmed. Warming all 10 made p50 worse (4.8–6.6 against 3.9–5.1 ms
+ * median 33.7 ms cold, 23.8 ms with 3 warmed. Warming all 10 made p50 worse (4.8–6.6 against 3.9–5.1 ms
  * in 3 runs each): queries then spread over more backends, which compete for the same cores.
  */
 const WARM_CONNECTIONS = 3;
