@@ -287,6 +287,31 @@ function stopKeys(nowMs: number): Record<Priority, number> {
   return keys;
 }
 
+/** The lease function's arguments for `request`; at most one agent is created per leased task. */
+function leaseParams(request: LeaseRequest): q.LeaseParams {
+  const agentIds = Array.from({ length: request.limit }, () => request.newAgentId());
+  const tokenBytes = randomBytes(16 * request.limit);
+  const tokens = Array.from({ length: request.limit }, (_, i) =>
+    tokenBytes.toString('hex', 16 * i, 16 * i + 16),
+  );
+  return {
+    owner: request.owner,
+    limit: request.limit,
+    nowMs: request.nowMs,
+    expiresMs: request.nowMs + request.leaseMs,
+    excludeTypes: request.excludeTypes,
+    typeCaps: request.typeCaps,
+    maxAgentsPerUser: request.maxAgentsPerUser,
+    agentIds,
+    tokens,
+    maxScan: Math.max(LEASE_SCAN_MIN, request.limit * 10),
+    breakerTimeoutMs: request.breakerRules.timeoutMs,
+    typeLimits: request.typeLimits ?? {},
+    headroom: request.headroom ?? {},
+    stopKeys: stopKeys(request.nowMs),
+  };
+}
+
 function textArrayLiteral(values: readonly string[]): string {
   return `{${values.map((v) => `"${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`).join(',')}}`;
 }
@@ -416,6 +441,10 @@ export class PostgresStore implements Store {
     if (!Number.isFinite(connectTimeoutMs) || connectTimeoutMs <= 0) {
       throw new ValidationError('connectTimeoutMs', `must be a positive number, got ${connectTimeoutMs}`);
     }
+    const warmConnections = options.warmConnections ?? WARM_CONNECTIONS;
+    if (!Number.isSafeInteger(warmConnections) || warmConnections < 0) {
+      throw new ValidationError('warmConnections', `must be a whole number ≥ 0, got ${warmConnections}`);
+    }
     const sql = postgres(url, {
       max,
       connect_timeout: Math.max(1, Math.ceil(connectTimeoutMs / 1000)),
@@ -455,10 +484,6 @@ export class PostgresStore implements Store {
         },
       },
     });
-    const warmConnections = options.warmConnections ?? WARM_CONNECTIONS;
-    if (!Number.isSafeInteger(warmConnections) || warmConnections < 0) {
-      throw new ValidationError('warmConnections', `must be a whole number ≥ 0, got ${warmConnections}`);
-    }
     try {
       const target = schema ?? (await currentSchema(sql));
       await migrate(sql, target, schema !== undefined);
@@ -488,61 +513,60 @@ export class PostgresStore implements Store {
   private async warmUp(count: number): Promise<void> {
     const rollback = new Error('warm-up rolled back');
     const nowMs = Date.now();
-    let timer: NodeJS.Timeout | undefined;
-    // A warm-up left unanswered (a connection dropped at the wrong moment) must not hold `connect`.
-    const bound = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, this.abandonedWaitMs);
-    });
-    const warming = Promise.all(
-      Array.from({ length: count }, (_, i) =>
-        this.sql
-          .begin(async (tx) => {
-            const id = `warmup_${this.instanceId}_${i}`;
-            await q.submitTasks(tx, {
-              tasks: [
-                {
-                  id,
-                  userId: id,
-                  taskType: 'warm-up',
-                  description: 'connection warm-up, rolled back',
-                  priority: 'urgent',
-                  priorityKey: priorityKey('urgent', nowMs),
-                  inputJson: null,
-                  maxRetries: 0,
-                  timeoutMs: null,
-                  idempotencyKey: null,
-                  createdAtMs: nowMs,
-                },
-              ],
-              queueCapacity: Number.MAX_SAFE_INTEGER,
-              maxTasksPerUser: Number.MAX_SAFE_INTEGER,
-              channel: this.channel,
-              payload: this.instanceId,
-            });
-            await q.leaseTasks(tx, {
+    await Promise.all(
+      Array.from({ length: count }, (_, i) => {
+        const id = `warmup_${this.instanceId}_${i}`;
+        const placeholder: NewTask = {
+          id,
+          userId: id,
+          taskType: 'warm-up',
+          description: 'connection warm-up, rolled back',
+          priority: 'urgent',
+          priorityKey: priorityKey('urgent', nowMs),
+          inputJson: null,
+          maxRetries: 0,
+          timeoutMs: null,
+          idempotencyKey: null,
+          createdAtMs: nowMs,
+        };
+        const unlimited = {
+          queueCapacity: Number.MAX_SAFE_INTEGER,
+          maxTasksPerUser: Number.MAX_SAFE_INTEGER,
+        };
+        // Bounded like every transaction of the store: a warm-up left unanswered by a dropped
+        // connection fails instead of holding `connect`.
+        return this.transaction(async (tx) => {
+          await q.submitTasks(tx, this.submitParams([placeholder], unlimited));
+          await q.leaseTasks(
+            tx,
+            leaseParams({
               owner: id,
               limit: 1,
               nowMs,
-              expiresMs: nowMs + 1000,
+              leaseMs: 1000,
               excludeTypes: [],
               typeCaps: {},
+              breakerRules: SPEC_BREAKER_RULES,
               maxAgentsPerUser: 1,
-              agentIds: [id],
-              tokens: [id],
-              maxScan: 1,
-              breakerTimeoutMs: SPEC_BREAKER_RULES.timeoutMs,
-              typeLimits: {},
-              headroom: {},
-              stopKeys: stopKeys(nowMs),
-            });
-            this.warmed++;
-            throw rollback;
-          })
-          .catch(() => undefined),
-      ),
+              newAgentId: () => id,
+            }),
+          );
+          this.warmed++;
+          throw rollback;
+        }).catch(() => undefined);
+      }),
     );
-    await Promise.race([warming, bound]);
-    clearTimeout(timer);
+  }
+
+  /** The submit function's arguments for `tasks`: this store's wake-up channel, this process as sender. */
+  private submitParams(tasks: readonly NewTask[], limits: AdmissionLimits): q.SubmitParams {
+    return {
+      tasks,
+      queueCapacity: limits.queueCapacity,
+      maxTasksPerUser: limits.maxTasksPerUser,
+      channel: this.channel,
+      payload: this.instanceId,
+    };
   }
 
   /** Connections on which the warm-up at `connect` ran through, for diagnostics and tests. */
@@ -703,15 +727,7 @@ export class PostgresStore implements Store {
     // agentfleet_submit_v1 serialises admission across processes under the admission lock, so capacity
     // and per-user counts are exact, and applies the one-task-at-a-time checks with this batch's own
     // inserts counted.
-    const rows = await this.run('statement', (db) =>
-      q.submitTasks(db, {
-        tasks,
-        queueCapacity: limits.queueCapacity,
-        maxTasksPerUser: limits.maxTasksPerUser,
-        channel: this.channel,
-        payload: this.instanceId,
-      }),
-    );
+    const rows = await this.run('statement', (db) => q.submitTasks(db, this.submitParams(tasks, limits)));
     if (rows.length !== tasks.length) {
       throw new Error(`the submit of ${tasks.length} tasks returned ${rows.length} outcomes`);
     }
@@ -735,30 +751,7 @@ export class PostgresStore implements Store {
   /** Leases up to `limit` eligible tasks in one transaction (one round trip), in priority-key order. */
   async leaseBatch(request: LeaseRequest): Promise<LeasedTask[]> {
     if (request.limit <= 0) return [];
-    // At most one agent is created per leased task; ids and tokens are made here, used in order.
-    const agentIds = Array.from({ length: request.limit }, () => request.newAgentId());
-    const tokenBytes = randomBytes(16 * request.limit);
-    const tokens = Array.from({ length: request.limit }, (_, i) =>
-      tokenBytes.toString('hex', 16 * i, 16 * i + 16),
-    );
-    const rows = await this.run('statement', (db) =>
-      q.leaseTasks(db, {
-        owner: request.owner,
-        limit: request.limit,
-        nowMs: request.nowMs,
-        expiresMs: request.nowMs + request.leaseMs,
-        excludeTypes: request.excludeTypes,
-        typeCaps: request.typeCaps,
-        maxAgentsPerUser: request.maxAgentsPerUser,
-        agentIds,
-        tokens,
-        maxScan: Math.max(LEASE_SCAN_MIN, request.limit * 10),
-        breakerTimeoutMs: request.breakerRules.timeoutMs,
-        typeLimits: request.typeLimits ?? {},
-        headroom: request.headroom ?? {},
-        stopKeys: stopKeys(request.nowMs),
-      }),
-    );
+    const rows = await this.run('statement', (db) => q.leaseTasks(db, leaseParams(request)));
     for (const r of rows) this.heldLeases.set(r.o_token, request.owner);
     return rows.map((r) => ({
       task: toTaskView(r.o_task),
