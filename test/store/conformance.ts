@@ -304,6 +304,60 @@ export function describeStoreConformance(
         });
         expect(outcomes[0]).toMatchObject({ ok: true, duplicate: true, task: { id: first.id } });
       });
+
+      it('what admission counts as queued follows every way a task enters or leaves the queue', async () => {
+        // What admission counts as queued is exactly n when a capacity of n refuses a new task and n + 1
+        // admits one; the admitted probe is cancelled at once (one more way out of the queue).
+        async function expectQueued(n: number): Promise<void> {
+          const probe = { userId: 'probe', createdAtMs: T0 + 60 * MINUTE };
+          const [refused] = await store.submitBatch([makeTask(probe)], {
+            queueCapacity: n,
+            maxTasksPerUser: 100,
+          });
+          expect(refused?.ok, `capacity ${n} refuses`).toBe(false);
+          const [admitted] = await store.submitBatch([makeTask(probe)], {
+            queueCapacity: n + 1,
+            maxTasksPerUser: 100,
+          });
+          expect(admitted?.ok, `capacity ${n + 1} admits`).toBe(true);
+          if (admitted?.ok) await store.requestCancel(admitted.task.id, null, T0);
+        }
+        const [a, b, c] = await submit([
+          makeTask({ id: 'a', idempotencyKey: 'ka' }),
+          makeTask({ id: 'b', maxRetries: 0 }),
+          makeTask({ id: 'c' }),
+          makeTask({ id: 'd' }),
+        ]);
+        await expectQueued(4);
+        const [leasedA, leasedB] = await lease({ limit: 2 });
+        expect([leasedA?.task.id, leasedB?.task.id]).toEqual([a?.id, b?.id]);
+        await expectQueued(2);
+        if (!leasedA || !leasedB) throw new Error('nothing leased');
+        await settle(leasedA, fault('again'));
+        await expectQueued(3);
+        await settle(leasedB, { kind: 'failed', error: 'dead', agentFault: false });
+        await expectQueued(3);
+        await store.requeueFailed(b?.id ?? '', null, T0 + 3000, LIMITS);
+        await expectQueued(4);
+        await store.requestCancel(c?.id ?? '', null, T0 + 3000);
+        await expectQueued(3);
+        // A duplicate and a refused submission change nothing.
+        const [duplicate] = await store.submitBatch([makeTask({ idempotencyKey: 'ka' })], LIMITS);
+        expect(duplicate).toMatchObject({ ok: true, duplicate: true });
+        const [refused] = await store.submitBatch([makeTask()], { queueCapacity: 100, maxTasksPerUser: 1 });
+        expect(refused?.ok).toBe(false);
+        await expectQueued(3);
+        // A lease that runs out puts its task back; one that succeeds takes it out for good.
+        await leaseOne({ nowMs: T0 + 4000, leaseMs: 1000 });
+        await expectQueued(2);
+        expect((await store.reclaimExpired(T0 + 6000)).map((r) => r.status)).toEqual(['queued']);
+        await expectQueued(3);
+        const done = await lease({ nowMs: T0 + 7000 });
+        expect(done).toHaveLength(3);
+        await expectQueued(0);
+        for (const leased of done) await settle(leased, { kind: 'succeeded', resultJson: null }, T0 + 8000);
+        await expectQueued(0);
+      });
     });
 
     describe('priority order', () => {

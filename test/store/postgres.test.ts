@@ -114,6 +114,15 @@ describe('PostgresStore specifics', () => {
     return store;
   }
 
+  /** The number of queued tasks as the counter of migration 7 holds it (the sum of its shards). */
+  async function queuedCounter(): Promise<number> {
+    const [row] = await withAdminSql(
+      databaseUrl(),
+      (sql) => sql`SELECT COALESCE(sum(n), 0)::integer AS n FROM ${sql(schema)}.queued_count`,
+    );
+    return Number(row?.n);
+  }
+
   afterEach(async () => {
     for (const store of open.splice(0)) await store.close();
     if (schema) await dropSchema(databaseUrl(), schema);
@@ -189,6 +198,7 @@ describe('PostgresStore specifics', () => {
       ids.map((id, i) => task(id, `user-${i % 7}`, i % 2 === 0 ? 'CodeGeneration' : 'CodeReview')),
       LIMITS,
     );
+    expect(await queuedCounter()).toBe(500);
     let agents = 0;
     const newAgentId = () => `agent-${++agents}`;
     const leasedBy = new Map<string, string[]>();
@@ -219,6 +229,8 @@ describe('PostgresStore specifics', () => {
     const twice = [...leasedBy.entries()].filter(([, owners]) => owners.length !== 1);
     expect(twice).toEqual([]);
     expect(await first.countTasks(null)).toMatchObject({ queued: 0, running: 0, succeeded: 500 });
+    // Up to sixteen backends took tasks out of the queue at once, each adding to the shard of its own.
+    expect(await queuedCounter()).toBe(0);
     const stats = await first.stats(null);
     expect(stats.byType.reduce((n, t) => n + t.succeeded, 0)).toBe(500);
     expect((await first.countAgents(null)).busy).toBe(0);
@@ -281,6 +293,7 @@ describe('PostgresStore specifics', () => {
     const inserted = outcomes.flatMap((o) => (o.ok && !o.duplicate ? [o.task] : []));
     expect(inserted).toHaveLength(80);
     expect((await stores[0]?.countTasks(null))?.queued).toBe(80);
+    expect(await queuedCounter()).toBe(80);
     for (const user of ['u0', 'u1', 'u2']) {
       expect(inserted.filter((t) => t.user_id === user).length).toBeLessThanOrEqual(30);
     }

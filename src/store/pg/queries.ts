@@ -153,9 +153,9 @@ export async function recordMigration(db: Db, version: number, name: string, now
 
 // ---- admission ----------------------------------------------------------------------------------
 
-/** Number of tasks in status `queued` (queue capacity counts these). */
+/** Number of tasks in status `queued` (queue capacity counts these), from the counter of migration 7. */
 export async function countQueued(db: Db): Promise<number> {
-  const [row] = await db<{ n: number }[]>`SELECT count(*)::integer AS n FROM tasks WHERE status = 'queued'`;
+  const [row] = await db<{ n: number }[]>`SELECT COALESCE(sum(n), 0)::integer AS n FROM queued_count`;
   return row?.n ?? 0;
 }
 
