@@ -14,6 +14,8 @@
  * - Submitting is one call of the plpgsql function `agentfleet_submit_v1` (one round trip). Admission
  *   (queue capacity, per-user limit, idempotency) runs in it under one advisory lock per schema, so
  *   counts are exact across processes; batches are group-committed, so the lock is taken per batch.
+ *   The queue's size comes from `queued_count`, which triggers keep at each commit (migration 7), so
+ *   a submit costs the same whatever the queue holds.
  * - Agent creation takes an advisory lock, so the agent limit holds across processes (idle agents are
  *   reused without it).
  * - Every settle and checkpoint is fenced by the lease token, under a row lock on the task.
