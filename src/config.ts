@@ -14,6 +14,12 @@ import { type AlertOptions, DEFAULT_ALERT_OPTIONS } from './engine/alerts.js';
 import { systemClock } from './engine/clock.js';
 import { type AgentManagerOptions, NUMERIC_OPTIONS } from './engine/options.js';
 import { createExecutor } from './executors/from-config.js';
+import type { StoreTuning } from './store/open.js';
+import {
+  DEFAULT_POSTGRES_POOL_SIZE,
+  DEFAULT_POSTGRES_WARM_CONNECTIONS,
+  DEFAULT_SQLITE_CACHE_KIB,
+} from './store/tuning.js';
 
 type NumericOption = keyof typeof NUMERIC_OPTIONS;
 
@@ -78,6 +84,12 @@ export interface AgentfleetConfig extends EngineNumbers {
    * but the last commits before a power loss may be lost.
    */
   durability: Durability;
+  /** SQLite only: most memory the connection's page cache may hold, in KiB (default 2048). */
+  sqlite_cache_kib: number;
+  /** PostgreSQL only: pooled connections per process, besides the one that listens (default 10). */
+  postgres_pool_size: number;
+  /** PostgreSQL only: pool connections opened and warmed at start, at most the pool size (default 3). */
+  postgres_warm_connections: number;
   /** API key → user id. No keys (and no admin keys) = local mode, user `local`. */
   api_keys: Record<string, string>;
   /** Keys that see and manage every user's tasks and agents. */
@@ -116,6 +128,10 @@ const ENGINE_KEYS = (Object.keys(NUMERIC_OPTIONS) as NumericOption[]).map((camel
 const SERVER_NUMBERS = {
   port: { default: 3000, min: 0, max: 65_535, integer: true },
   body_limit_bytes: { default: 1_048_576, min: 1024, max: 268_435_456, integer: true },
+  // The store's: each applies to one kind of database and is ignored by the other.
+  sqlite_cache_kib: { default: DEFAULT_SQLITE_CACHE_KIB, min: 64, max: 16_777_216, integer: true },
+  postgres_pool_size: { default: DEFAULT_POSTGRES_POOL_SIZE, min: 1, max: 1000, integer: true },
+  postgres_warm_connections: { default: DEFAULT_POSTGRES_WARM_CONNECTIONS, min: 0, max: 1000, integer: true },
 } as const;
 
 function numberSchema(rule: { min: number; max: number; integer: boolean }): TSchema {
@@ -157,6 +173,9 @@ const FILE_SCHEMA = Type.Partial(
       database: Type.String({ minLength: 1 }),
       durability: Type.Union(DURABILITIES.map((d) => Type.Literal(d))),
       body_limit_bytes: numberSchema(SERVER_NUMBERS.body_limit_bytes),
+      sqlite_cache_kib: numberSchema(SERVER_NUMBERS.sqlite_cache_kib),
+      postgres_pool_size: numberSchema(SERVER_NUMBERS.postgres_pool_size),
+      postgres_warm_connections: numberSchema(SERVER_NUMBERS.postgres_warm_connections),
       log_level: Type.Union(LOG_LEVELS.map((l) => Type.Literal(l))),
       api_keys: Type.Record(Type.String(), Type.String({ minLength: 1, maxLength: 200 })),
       admin_keys: Type.Array(Type.String({ minLength: MIN_KEY_LENGTH })),
@@ -227,6 +246,9 @@ export function defaultConfig(): AgentfleetConfig {
     api_keys: {},
     admin_keys: [],
     body_limit_bytes: SERVER_NUMBERS.body_limit_bytes.default,
+    sqlite_cache_kib: SERVER_NUMBERS.sqlite_cache_kib.default,
+    postgres_pool_size: SERVER_NUMBERS.postgres_pool_size.default,
+    postgres_warm_connections: SERVER_NUMBERS.postgres_warm_connections.default,
     log_level: 'info',
     agent_types: structuredClone({ ...DEFAULT_AGENT_TYPES }),
     type_concurrency: {},
@@ -277,6 +299,12 @@ export function parseConfig(raw: unknown, base: AgentfleetConfig = defaultConfig
     throw new ValidationError(
       'retry_max_delay_ms',
       `must be at least retry_initial_delay_ms (${config.retry_initial_delay_ms})`,
+    );
+  }
+  if (config.postgres_warm_connections > config.postgres_pool_size) {
+    throw new ValidationError(
+      'postgres_warm_connections',
+      `must be at most postgres_pool_size (${config.postgres_pool_size}), got ${config.postgres_warm_connections}`,
     );
   }
   for (const key of Object.keys(config.api_keys)) {
@@ -375,6 +403,8 @@ export interface ServerOptions extends ApiOptions {
   port: number;
   database: string;
   durability: Durability;
+  /** How the store is opened beyond `database` and `durability` (see openStore). */
+  storeTuning: StoreTuning;
   logLevel: LogLevel;
 }
 
@@ -399,6 +429,11 @@ export function compileConfig(config: AgentfleetConfig): CompiledConfig {
       port: config.port,
       database: config.database,
       durability: config.durability,
+      storeTuning: {
+        sqliteCacheKib: config.sqlite_cache_kib,
+        postgresPoolSize: config.postgres_pool_size,
+        postgresWarmConnections: config.postgres_warm_connections,
+      },
       apiKeys: config.api_keys,
       adminKeys: config.admin_keys,
       bodyLimitBytes: config.body_limit_bytes,

@@ -158,6 +158,33 @@ describe('config', () => {
     expect(() => parseConfig({ durability: 'fast' })).toThrow('durability: must be one of full, normal');
   });
 
+  it('takes the store settings, from the file or the environment, and checks each', () => {
+    expect(defaultConfig()).toMatchObject({
+      sqlite_cache_kib: 2048,
+      postgres_pool_size: 10,
+      postgres_warm_connections: 3,
+    });
+    const config = loadConfig({
+      file: file('store.json', { sqlite_cache_kib: 8192, postgres_pool_size: 4 }),
+      env: { AGENTFLEET_POSTGRES_WARM_CONNECTIONS: '4' },
+    });
+    expect(compileConfig(config).server.storeTuning).toEqual({
+      sqliteCacheKib: 8192,
+      postgresPoolSize: 4,
+      postgresWarmConnections: 4,
+    });
+    expect(() => parseConfig({ sqlite_cache_kib: 12 })).toThrow(/^sqlite_cache_kib: .*64/);
+    expect(() => parseConfig({ postgres_pool_size: 0 })).toThrow(/^postgres_pool_size: /);
+    expect(() => parseConfig({ postgres_pool_size: 2.5 })).toThrow(/^postgres_pool_size: /);
+    expect(() => parseConfig({ postgres_warm_connections: -1 })).toThrow(/^postgres_warm_connections: /);
+    expect(() => parseConfig({ postgres_pool_size: 4, postgres_warm_connections: 5 })).toThrow(
+      'postgres_warm_connections: must be at most postgres_pool_size (4), got 5',
+    );
+    expect(() => loadConfig({ env: { AGENTFLEET_POSTGRES_POOL_SIZE: 'many' } })).toThrow(
+      /AGENTFLEET_POSTGRES_POOL_SIZE: must be a number/,
+    );
+  });
+
   it('takes type_concurrency for configured types only', () => {
     const config = parseConfig({ type_concurrency: { CodeGeneration: 50 } });
     expect(compileConfig(config).manager.typeConcurrency).toEqual({ CodeGeneration: 50 });

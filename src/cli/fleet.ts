@@ -56,7 +56,10 @@ export async function startFleet(
     timeoutMs: entry.timeout_ms,
   }));
   assertSafeHost(compiled.server.host, compiled.server);
-  const store = await openStore(compiled.server.database, { durability: compiled.server.durability });
+  const store = await openStore(compiled.server.database, {
+    durability: compiled.server.durability,
+    ...compiled.server.storeTuning,
+  });
   const manager = new AgentManager({
     ...compiled.manager,
     store,

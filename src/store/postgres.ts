@@ -90,6 +90,7 @@ import type {
   TypeStats,
 } from './store.js';
 import { SPEC_BREAKER_RULES } from './store.js';
+import { DEFAULT_POSTGRES_POOL_SIZE, DEFAULT_POSTGRES_WARM_CONNECTIONS } from './tuning.js';
 import {
   decodeCursor,
   encodeCursor,
@@ -104,7 +105,7 @@ import {
 export interface PostgresStoreOptions {
   /** Schema holding the tables; created when missing and set as `search_path` of every connection. Default: the server's. */
   schema?: string;
-  /** Most pooled connections (plus one for LISTEN). Default 10. */
+  /** Most pooled connections (plus one for LISTEN). Default 10 (DEFAULT_POSTGRES_POOL_SIZE). */
   max?: number;
   /** How long opening a connection may take before the call fails with StoreUnavailableError. Default 10 000. */
   connectTimeoutMs?: number;
@@ -122,13 +123,6 @@ export interface PostgresStoreOptions {
    */
   warmConnections?: number;
 }
-
-/**
- * Connections `connect` warms by default. Measured on PostgreSQL L (2,000 tasks at 200/s, 8 pairs): p99
- * median 33.7 ms cold, 23.8 ms with 3 warmed. Warming all 10 made p50 worse (4.8–6.6 against 3.9–5.1 ms
- * in 3 runs each): queries then spread over more backends, which compete for the same cores.
- */
-const WARM_CONNECTIONS = 3;
 
 /**
  * Most queued rows one lease call looks at (the same bound as the SQLite store): it covers the default
@@ -430,7 +424,7 @@ export class PostgresStore implements Store {
         `must be a lower-case identifier (a-z, 0-9, _), got ${JSON.stringify(schema)}`,
       );
     }
-    const max = options.max ?? 10;
+    const max = options.max ?? DEFAULT_POSTGRES_POOL_SIZE;
     if (!Number.isInteger(max) || max < 1)
       throw new ValidationError('max', `must be an integer >= 1, got ${max}`);
     const abandonedWaitMs = options.abandonedWaitMs ?? ABANDONED_WAIT_MS;
@@ -443,7 +437,7 @@ export class PostgresStore implements Store {
     if (!Number.isFinite(connectTimeoutMs) || connectTimeoutMs <= 0) {
       throw new ValidationError('connectTimeoutMs', `must be a positive number, got ${connectTimeoutMs}`);
     }
-    const warmConnections = options.warmConnections ?? WARM_CONNECTIONS;
+    const warmConnections = options.warmConnections ?? DEFAULT_POSTGRES_WARM_CONNECTIONS;
     if (!Number.isSafeInteger(warmConnections) || warmConnections < 0) {
       throw new ValidationError('warmConnections', `must be a whole number ≥ 0, got ${warmConnections}`);
     }
@@ -509,7 +503,7 @@ export class PostgresStore implements Store {
    * placeholder task in a transaction that is rolled back: nothing is written, nothing is notified. A
    * backend compiles and plans a plpgsql function's statements the first time it runs them, tens of
    * milliseconds on a new connection (the submit's under the admission lock, so cold submits queued
-   * behind each other), and the first tasks after a start paid for it (see WARM_CONNECTIONS). Best
+   * behind each other), and the first tasks after a start paid for it (see DEFAULT_POSTGRES_WARM_CONNECTIONS). Best
    * effort: a failure here leaves the connection cold.
    */
   private async warmUp(count: number): Promise<void> {

@@ -68,6 +68,7 @@ import type {
   TypeStats,
 } from './store.js';
 import { SPEC_BREAKER_RULES } from './store.js';
+import { DEFAULT_SQLITE_CACHE_KIB } from './tuning.js';
 import {
   type AgentViewRow,
   type AttemptViewRow,
@@ -96,9 +97,6 @@ export interface SqliteStoreOptions {
    */
   cacheKib?: number;
 }
-
-/** Page cache of a connection, in KiB: SQLite's own default. */
-const DEFAULT_CACHE_KIB = 2048;
 
 /** Rows the lease scan reads per query; small pages keep a scan of a long, mostly blocked queue cheap. */
 const LEASE_PAGE = 128;
@@ -459,7 +457,7 @@ export class SqliteStore implements Store {
   /** Opens (creating when missing) the database at `file`; `:memory:` gives a private in-memory store. */
   static open(file: string, options: SqliteStoreOptions = {}): SqliteStore {
     // SQLite would take a bad size silently (zero or a fraction as a page count, a negative as pages).
-    const cacheKib = options.cacheKib ?? DEFAULT_CACHE_KIB;
+    const cacheKib = options.cacheKib ?? DEFAULT_SQLITE_CACHE_KIB;
     if (!Number.isSafeInteger(cacheKib) || cacheKib < 64)
       throw new RangeError(`cacheKib must be a whole number of KiB, at least 64 (got ${cacheKib})`);
     if (file !== ':memory:' && file !== '')

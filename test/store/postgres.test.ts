@@ -1,7 +1,10 @@
 import type postgres from 'postgres';
 import { afterEach, describe, expect, it } from 'vitest';
+import { startFleet } from '../../src/cli/fleet.js';
+import { parseConfig } from '../../src/config.js';
 import { QueueFullError, StoreUnavailableError, UserTaskLimitError } from '../../src/domain/errors.js';
 import { priorityKey } from '../../src/domain/priority.js';
+import { openStore } from '../../src/store/open.js';
 import * as q from '../../src/store/pg/queries.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { POSTGRES_MIGRATIONS } from '../../src/store/postgres-migrations.js';
@@ -367,6 +370,61 @@ describe('PostgresStore specifics', () => {
     await expect(PostgresStore.connect(databaseUrl(), { schema, warmConnections: -1 })).rejects.toThrow(
       /warmConnections/,
     );
+  });
+
+  /** `databaseUrl()` with the test's schema and `application_name`, so its backends can be counted. */
+  function tunedUrl(applicationName: string): string {
+    const base = databaseUrl();
+    return `${base}${base.includes('?') ? '&' : '?'}search_path=${schema}&application_name=${applicationName}`;
+  }
+
+  async function backendsOf(applicationName: string): Promise<number> {
+    const [row] = await withAdminSql(
+      databaseUrl(),
+      (sql) =>
+        sql`SELECT count(*)::integer AS n FROM pg_stat_activity WHERE application_name = ${applicationName}`,
+    );
+    return Number(row?.n);
+  }
+
+  it('is opened by a database setting with the pool size and warm-up its tuning names', async () => {
+    schema = freshSchemaName('tune');
+    await withAdminSql(databaseUrl(), (sql) => sql.unsafe(`CREATE SCHEMA "${schema}"`));
+    const app = `agentfleet_${schema}`;
+    const store = await openStore(tunedUrl(app), { postgresPoolSize: 2, postgresWarmConnections: 2 });
+    try {
+      expect(store).toBeInstanceOf(PostgresStore);
+      expect((store as PostgresStore).warmedConnections).toBe(2);
+      // The two warmed pool connections and the one that listens; twelve calls at once share the two.
+      expect(await backendsOf(app)).toBe(3);
+      await Promise.all(Array.from({ length: 12 }, () => store.countTasks(null)));
+      expect(await backendsOf(app)).toBe(3);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a server keeps to the postgres_pool_size of its config', async () => {
+    schema = freshSchemaName('tsrv');
+    await withAdminSql(databaseUrl(), (sql) => sql.unsafe(`CREATE SCHEMA "${schema}"`));
+    const app = `agentfleet_${schema}`;
+    const fleet = await startFleet(
+      parseConfig({
+        database: tunedUrl(app),
+        postgres_pool_size: 2,
+        postgres_warm_connections: 1,
+        log_level: 'silent',
+      }),
+    );
+    try {
+      await Promise.all(Array.from({ length: 12 }, () => fleet.manager.queueStatus()));
+      // At most the pool's two connections and the one that listens, however many calls came at once.
+      const backends = await backendsOf(app);
+      expect(backends).toBeGreaterThanOrEqual(2);
+      expect(backends).toBeLessThanOrEqual(3);
+    } finally {
+      await fleet.close({ drainTimeoutMs: 1000 });
+    }
   });
 
   it('fails a statement left unanswered after a connection of its pool closed, and keeps working', async () => {

@@ -6,6 +6,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { priorityKey } from '../../src/domain/priority.js';
+import { openStore as openStoreFromSetting } from '../../src/store/open.js';
 import { SqliteStore, type SqliteStoreOptions } from '../../src/store/sqlite.js';
 import { SQLITE_MIGRATIONS } from '../../src/store/sqlite-migrations.js';
 import type { LeaseRequest, NewTask, Store } from '../../src/store/store.js';
@@ -121,6 +122,20 @@ describe('SqliteStore specifics', () => {
     expect(openStore(path.join(dir, 'fast.db'), { synchronous: 'normal' }).settings().synchronous).toBe(
       'normal',
     );
+  });
+
+  it('is opened by a database setting with the page cache its tuning names (sqlite_cache_kib)', async () => {
+    dir = makeTempDir();
+    const tuned = await openStoreFromSetting(path.join(dir, 'tuned.db'), { sqliteCacheKib: 4096 });
+    const plain = await openStoreFromSetting(path.join(dir, 'plain.db'));
+    try {
+      expect(tuned).toBeInstanceOf(SqliteStore);
+      expect((tuned as SqliteStore).settings()).toMatchObject({ cacheKib: 4096, synchronous: 'full' });
+      expect((plain as SqliteStore).settings().cacheKib).toBe(2048);
+    } finally {
+      await tuned.close();
+      await plain.close();
+    }
   });
 
   it('applies each migration once when two stores open the same file', () => {
