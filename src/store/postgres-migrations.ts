@@ -487,6 +487,79 @@ INSERT INTO queued_count (shard, n) SELECT s, 0 FROM generate_series(0, 31) AS s
 UPDATE queued_count SET n = (SELECT count(*) FROM tasks WHERE status = 'queued') WHERE shard = 0;
 ${SUBMIT_V1_QUEUED_COUNT}`;
 
+/**
+ * Migration 8: the queue's counter written once per transaction instead of once per row. Migration 7's
+ * trigger updated the transaction's shard for every row entering or leaving the queue, so a transaction
+ * changing many rows updated one row that many times, each update walking the versions the earlier ones
+ * had left: a submit batch of 1,000 tasks did 1,000 updates of one row, and an insert of 300,000 tasks
+ * in one statement ran for minutes. Now:
+ *   - A row trigger adds each change to the transaction's delta, a setting
+ *     (`agentfleet.queued_<table oid>`, set LOCAL, so an aborted transaction or subtransaction reverts
+ *     it with the rows it changed).
+ *   - A deferred trigger on the same changes runs at commit: the first writes the delta to the
+ *     transaction's shard and zeroes it, the others find nothing to do. As in migration 7, a shard's
+ *     lock is taken after every other lock of the transaction and held only while it commits.
+ * Swapping the triggers inside this migration locks `tasks` against writes until it commits, so the
+ * counter's values carry over unchanged.
+ */
+const QUEUED_COUNT_PER_TRANSACTION = `
+CREATE FUNCTION agentfleet_queued_delta() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  k text := 'agentfleet.queued_' || TG_RELID;
+  d integer;
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    d := 1;
+  ELSIF TG_OP = 'DELETE' THEN
+    d := -1;
+  ELSIF NEW.status = 'queued' THEN
+    d := 1;
+  ELSE
+    d := -1;
+  END IF;
+  PERFORM set_config(k, (COALESCE(NULLIF(current_setting(k, true), ''), '0')::bigint + d)::text, true);
+  RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION agentfleet_queued_apply() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+  k text := 'agentfleet.queued_' || TG_RELID;
+  d bigint := COALESCE(NULLIF(current_setting(k, true), ''), '0')::bigint;
+BEGIN
+  IF d <> 0 THEN
+    PERFORM set_config(k, '0', true);
+    UPDATE queued_count SET n = n + d WHERE shard = pg_backend_pid() % 32;
+  END IF;
+  RETURN NULL;
+END;
+$$;
+
+DROP TRIGGER tasks_queued_insert ON tasks;
+DROP TRIGGER tasks_queued_update ON tasks;
+DROP TRIGGER tasks_queued_delete ON tasks;
+DROP FUNCTION agentfleet_count_queued();
+
+CREATE TRIGGER tasks_queued_delta_insert AFTER INSERT ON tasks
+  FOR EACH ROW WHEN (NEW.status = 'queued') EXECUTE FUNCTION agentfleet_queued_delta();
+CREATE TRIGGER tasks_queued_delta_update AFTER UPDATE OF status ON tasks
+  FOR EACH ROW WHEN ((OLD.status = 'queued') <> (NEW.status = 'queued'))
+  EXECUTE FUNCTION agentfleet_queued_delta();
+CREATE TRIGGER tasks_queued_delta_delete AFTER DELETE ON tasks
+  FOR EACH ROW WHEN (OLD.status = 'queued') EXECUTE FUNCTION agentfleet_queued_delta();
+CREATE CONSTRAINT TRIGGER tasks_queued_apply_insert AFTER INSERT ON tasks
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.status = 'queued')
+  EXECUTE FUNCTION agentfleet_queued_apply();
+CREATE CONSTRAINT TRIGGER tasks_queued_apply_update AFTER UPDATE OF status ON tasks
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ((OLD.status = 'queued') <> (NEW.status = 'queued'))
+  EXECUTE FUNCTION agentfleet_queued_apply();
+CREATE CONSTRAINT TRIGGER tasks_queued_apply_delete AFTER DELETE ON tasks
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (OLD.status = 'queued')
+  EXECUTE FUNCTION agentfleet_queued_apply();
+`;
+
 /** Every migration, in version order. Append only. */
 export const POSTGRES_MIGRATIONS: readonly PostgresMigration[] = [
   {
@@ -909,5 +982,10 @@ $$;
     version: 7,
     name: 'queued tasks counted by triggers',
     sql: QUEUED_COUNT,
+  },
+  {
+    version: 8,
+    name: 'queued count written once per transaction',
+    sql: QUEUED_COUNT_PER_TRANSACTION,
   },
 ];

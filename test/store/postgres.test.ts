@@ -117,13 +117,24 @@ describe('PostgresStore specifics', () => {
     return store;
   }
 
-  /** The number of queued tasks as the counter of migration 7 holds it (the sum of its shards). */
+  /** The number of queued tasks as the counter of migrations 7 and 8 holds it (the sum of its shards). */
   async function queuedCounter(): Promise<number> {
     const [row] = await withAdminSql(
       databaseUrl(),
       (sql) => sql`SELECT COALESCE(sum(n), 0)::integer AS n FROM ${sql(schema)}.queued_count`,
     );
     return Number(row?.n);
+  }
+
+  /** Checks that the queue's counter holds what the rows say; returns the number of queued rows. */
+  async function expectQueuedCounterMatchesRows(): Promise<number> {
+    const [row] = await withAdminSql(
+      databaseUrl(),
+      (sql) => sql`SELECT count(*)::integer AS n FROM ${sql(schema)}.tasks WHERE status = 'queued'`,
+    );
+    const queued = Number(row?.n);
+    expect(await queuedCounter()).toBe(queued);
+    return queued;
   }
 
   afterEach(async () => {
@@ -386,6 +397,59 @@ describe('PostgresStore specifics', () => {
     );
     return Number(row?.n);
   }
+
+  it('keeps the queue counter to the rows through bulk, rolled-back and partly rolled-back transactions', async () => {
+    schema = freshSchemaName('cnt');
+    const store = await connect();
+    await store.submitBatch([task('kept-1'), task('kept-2')], LIMITS);
+    const insert = (from: number, to: number, status = 'queued') =>
+      `INSERT INTO tasks (id, user_id, task_type, description, priority, priority_key, status, max_retries,
+        created_at, run_at) SELECT 'bulk-' || g, 'alice', 'CodeGeneration', 'd', 'medium', 1, '${status}', 3,
+        ${T0}, ${T0} FROM generate_series(${from}, ${to}) AS g`;
+    await withAdminSql(databaseUrl(), async (sql) => {
+      // One transaction of 50,000 inserts and 11,111 changes out of the queue: one counter write.
+      await sql.begin(async (tx) => {
+        await tx.unsafe(`SET LOCAL search_path TO "${schema}"`);
+        await tx.unsafe(insert(1, 50_000));
+        await tx.unsafe(`UPDATE tasks SET status = 'succeeded' WHERE id LIKE 'bulk-1%'`);
+        await tx.unsafe(insert(50_001, 50_005, 'failed'));
+      });
+      // Rolled back: nothing counted.
+      await sql
+        .begin(async (tx) => {
+          await tx.unsafe(`SET LOCAL search_path TO "${schema}"`);
+          await tx.unsafe(insert(60_001, 60_100));
+          throw new Error('roll back');
+        })
+        .catch(() => undefined);
+      // A savepoint rolled back: only what came before it counts.
+      await sql.begin(async (tx) => {
+        await tx.unsafe(`SET LOCAL search_path TO "${schema}"`);
+        await tx.unsafe(insert(70_001, 70_010));
+        await tx
+          .savepoint(async (sp) => {
+            await sp.unsafe(insert(70_011, 70_030));
+            throw new Error('roll back to the savepoint');
+          })
+          .catch(() => undefined);
+      });
+    });
+    const queued = await expectQueuedCounterMatchesRows();
+    expect(queued).toBe(2 + 50_000 - 11_111 + 10);
+    expect((await store.countTasks(null)).queued).toBe(queued);
+    // Admission reads the counter: a capacity of exactly the queue refuses one more, one above admits it.
+    const [refused] = await store.submitBatch([task('one-more')], {
+      queueCapacity: queued,
+      maxTasksPerUser: 1_000_000,
+    });
+    expect(refused?.ok).toBe(false);
+    const [admitted] = await store.submitBatch([task('one-more')], {
+      queueCapacity: queued + 1,
+      maxTasksPerUser: 1_000_000,
+    });
+    expect(admitted?.ok).toBe(true);
+    expect(await expectQueuedCounterMatchesRows()).toBe(queued + 1);
+  });
 
   it('is opened by a database setting with the pool size and warm-up its tuning names', async () => {
     schema = freshSchemaName('tune');
