@@ -439,10 +439,16 @@ const SUBMIT_V1_QUEUED_COUNT = [
  * the cluster waited for it. Now the count is a sum over 32 rows.
  *   - The rows are shards: a transaction adds to the row of its backend (`pg_backend_pid() % 32`), so
  *     leases and settles of different processes rarely wait for each other's commit on one row.
- *   - The triggers are deferred: they run when their transaction commits, after every other lock it
- *     takes, so waiting for a shard can never close a cycle of waits (no deadlock), and a shard's lock
- *     is held only for the commit itself. A count read under the admission lock sees what committed
- *     before it, like the count of rows it replaces (an uncommitted lease's tasks are still queued to it).
+ *   - One write per transaction: a row trigger adds each change to the transaction's delta, a setting
+ *     (`agentfleet.queued_<table oid>`, set LOCAL, so an aborted transaction or subtransaction reverts it
+ *     with the rows it changed). Writing the shard once per row made a transaction that changed many rows
+ *     update one row that many times, each update walking the versions the earlier ones had left: an
+ *     insert of 300,000 tasks in one statement ran for more than ten minutes (5.5 s this way).
+ *   - A deferred trigger on the same changes runs at commit: the first writes the delta to the shard and
+ *     zeroes it, the others find nothing to do. So a shard's lock is taken after every other lock the
+ *     transaction takes and held only while it commits: waiting for it can never close a cycle of waits
+ *     (no deadlock), and a count read under the admission lock sees what committed before it, like the
+ *     count of rows it replaces (an uncommitted lease's tasks are still queued to it).
  *   - The triggers fire only when a row enters or leaves `queued`: a settle that ends a running task
  *     writes nothing here.
  *   - The triggers are created before the count is taken: creating them locks `tasks` against writes
@@ -454,55 +460,6 @@ CREATE TABLE queued_count (
   n bigint NOT NULL
 );
 
-CREATE FUNCTION agentfleet_count_queued() RETURNS trigger
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
-DECLARE
-  delta integer;
-BEGIN
-  IF TG_OP = 'INSERT' THEN
-    delta := 1;
-  ELSIF TG_OP = 'DELETE' THEN
-    delta := -1;
-  ELSIF NEW.status = 'queued' THEN
-    delta := 1;
-  ELSE
-    delta := -1;
-  END IF;
-  UPDATE queued_count SET n = n + delta WHERE shard = pg_backend_pid() % 32;
-  RETURN NULL;
-END;
-$$;
-
-CREATE CONSTRAINT TRIGGER tasks_queued_insert AFTER INSERT ON tasks
-  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.status = 'queued')
-  EXECUTE FUNCTION agentfleet_count_queued();
-CREATE CONSTRAINT TRIGGER tasks_queued_update AFTER UPDATE OF status ON tasks
-  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ((OLD.status = 'queued') <> (NEW.status = 'queued'))
-  EXECUTE FUNCTION agentfleet_count_queued();
-CREATE CONSTRAINT TRIGGER tasks_queued_delete AFTER DELETE ON tasks
-  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (OLD.status = 'queued')
-  EXECUTE FUNCTION agentfleet_count_queued();
-
-INSERT INTO queued_count (shard, n) SELECT s, 0 FROM generate_series(0, 31) AS s;
-UPDATE queued_count SET n = (SELECT count(*) FROM tasks WHERE status = 'queued') WHERE shard = 0;
-${SUBMIT_V1_QUEUED_COUNT}`;
-
-/**
- * Migration 8: the queue's counter written once per transaction instead of once per row. Migration 7's
- * trigger updated the transaction's shard for every row entering or leaving the queue, so a transaction
- * changing many rows updated one row that many times, each update walking the versions the earlier ones
- * had left: a submit batch of 1,000 tasks did 1,000 updates of one row, and an insert of 300,000 tasks
- * in one statement ran for minutes. Now:
- *   - A row trigger adds each change to the transaction's delta, a setting
- *     (`agentfleet.queued_<table oid>`, set LOCAL, so an aborted transaction or subtransaction reverts
- *     it with the rows it changed).
- *   - A deferred trigger on the same changes runs at commit: the first writes the delta to the
- *     transaction's shard and zeroes it, the others find nothing to do. As in migration 7, a shard's
- *     lock is taken after every other lock of the transaction and held only while it commits.
- * Swapping the triggers inside this migration locks `tasks` against writes until it commits, so the
- * counter's values carry over unchanged.
- */
-const QUEUED_COUNT_PER_TRANSACTION = `
 CREATE FUNCTION agentfleet_queued_delta() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -537,11 +494,6 @@ BEGIN
 END;
 $$;
 
-DROP TRIGGER tasks_queued_insert ON tasks;
-DROP TRIGGER tasks_queued_update ON tasks;
-DROP TRIGGER tasks_queued_delete ON tasks;
-DROP FUNCTION agentfleet_count_queued();
-
 CREATE TRIGGER tasks_queued_delta_insert AFTER INSERT ON tasks
   FOR EACH ROW WHEN (NEW.status = 'queued') EXECUTE FUNCTION agentfleet_queued_delta();
 CREATE TRIGGER tasks_queued_delta_update AFTER UPDATE OF status ON tasks
@@ -558,7 +510,10 @@ CREATE CONSTRAINT TRIGGER tasks_queued_apply_update AFTER UPDATE OF status ON ta
 CREATE CONSTRAINT TRIGGER tasks_queued_apply_delete AFTER DELETE ON tasks
   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (OLD.status = 'queued')
   EXECUTE FUNCTION agentfleet_queued_apply();
-`;
+
+INSERT INTO queued_count (shard, n) SELECT s, 0 FROM generate_series(0, 31) AS s;
+UPDATE queued_count SET n = (SELECT count(*) FROM tasks WHERE status = 'queued') WHERE shard = 0;
+${SUBMIT_V1_QUEUED_COUNT}`;
 
 /** Every migration, in version order. Append only. */
 export const POSTGRES_MIGRATIONS: readonly PostgresMigration[] = [
@@ -982,10 +937,5 @@ $$;
     version: 7,
     name: 'queued tasks counted by triggers',
     sql: QUEUED_COUNT,
-  },
-  {
-    version: 8,
-    name: 'queued count written once per transaction',
-    sql: QUEUED_COUNT_PER_TRANSACTION,
   },
 ];

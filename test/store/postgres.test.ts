@@ -117,7 +117,7 @@ describe('PostgresStore specifics', () => {
     return store;
   }
 
-  /** The number of queued tasks as the counter of migrations 7 and 8 holds it (the sum of its shards). */
+  /** The number of queued tasks as the counter of migration 7 holds it (the sum of its shards). */
   async function queuedCounter(): Promise<number> {
     const [row] = await withAdminSql(
       databaseUrl(),
