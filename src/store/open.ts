@@ -1,4 +1,4 @@
-import { SqliteStore } from './sqlite.js';
+import { SqliteStore, type SqliteStoreOptions } from './sqlite.js';
 import type { Store } from './store.js';
 
 /** Default SQLite file, relative to the working directory. */
@@ -21,7 +21,7 @@ export interface StoreTuning {
  */
 export async function openStore(
   database: string = DEFAULT_DATABASE,
-  options: { durability?: 'full' | 'normal' } & StoreTuning = {},
+  options: { durability?: SqliteStoreOptions['synchronous'] } & StoreTuning = {},
 ): Promise<Store> {
   if (/^postgres(ql)?:\/\//i.test(database)) {
     const { PostgresStore } = await import('./postgres.js');
