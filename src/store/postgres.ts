@@ -503,12 +503,13 @@ export class PostgresStore implements Store {
    * placeholder task in a transaction that is rolled back: nothing is written, nothing is notified. A
    * backend compiles and plans a plpgsql function's statements the first time it runs them, tens of
    * milliseconds on a new connection (the submit's under the admission lock, so cold submits queued
-   * behind each other), and the first tasks after a start paid for it (see DEFAULT_POSTGRES_WARM_CONNECTIONS). Best
-   * effort: a failure here leaves the connection cold.
+   * behind each other), and the first tasks after a start paid for it (see
+   * DEFAULT_POSTGRES_WARM_CONNECTIONS). Best effort: a failure here leaves the connection cold.
    */
   private async warmUp(count: number): Promise<void> {
     const rollback = new Error('warm-up rolled back');
     const nowMs = Date.now();
+    const unlimited = { queueCapacity: Number.MAX_SAFE_INTEGER, maxTasksPerUser: Number.MAX_SAFE_INTEGER };
     await Promise.all(
       Array.from({ length: count }, (_, i) => {
         const id = `warmup_${this.instanceId}_${i}`;
@@ -524,10 +525,6 @@ export class PostgresStore implements Store {
           timeoutMs: null,
           idempotencyKey: null,
           createdAtMs: nowMs,
-        };
-        const unlimited = {
-          queueCapacity: Number.MAX_SAFE_INTEGER,
-          maxTasksPerUser: Number.MAX_SAFE_INTEGER,
         };
         // Bounded like every transaction of the store: a warm-up left unanswered by a dropped
         // connection fails instead of holding `connect`.

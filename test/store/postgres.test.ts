@@ -137,6 +137,22 @@ describe('PostgresStore specifics', () => {
     return queued;
   }
 
+  /** `databaseUrl()` with the test's schema and `application_name`, so its backends can be counted. */
+  function tunedUrl(applicationName: string): string {
+    const base = databaseUrl();
+    return `${base}${base.includes('?') ? '&' : '?'}search_path=${schema}&application_name=${applicationName}`;
+  }
+
+  /** Backends connected with `applicationName`, as `pg_stat_activity` shows them. */
+  async function backendsOf(applicationName: string): Promise<number> {
+    const [row] = await withAdminSql(
+      databaseUrl(),
+      (sql) =>
+        sql`SELECT count(*)::integer AS n FROM pg_stat_activity WHERE application_name = ${applicationName}`,
+    );
+    return Number(row?.n);
+  }
+
   afterEach(async () => {
     for (const store of open.splice(0)) await store.close();
     if (schema) await dropSchema(databaseUrl(), schema);
@@ -353,20 +369,14 @@ describe('PostgresStore specifics', () => {
     const seen: boolean[] = [];
     let submitted = false;
     listener.onWake(() => seen.push(submitted));
-    const backends = async (applicationName: string) =>
-      withAdminSql(databaseUrl(), async (sql) => {
-        const [row] = await sql<{ n: number }[]>`SELECT count(*)::integer AS n FROM pg_stat_activity
-          WHERE application_name = ${applicationName}`;
-        return row?.n ?? 0;
-      });
     const store = await connect({ applicationName: `agentfleet-${schema}-w`, max: 6 });
     // Three pooled connections opened by the warm-up (the default; the pool may open six), and the one
     // that listens.
-    expect(await backends(`agentfleet-${schema}-w`)).toBe(4);
+    expect(await backendsOf(`agentfleet-${schema}-w`)).toBe(4);
     expect(store.warmedConnections).toBe(3);
     // Cold: the connection its migration check used, and the one that listens.
     const cold = await connect({ applicationName: `agentfleet-${schema}-c`, max: 3, warmConnections: 0 });
-    expect(await backends(`agentfleet-${schema}-c`)).toBe(2);
+    expect(await backendsOf(`agentfleet-${schema}-c`)).toBe(2);
     expect(cold.warmedConnections).toBe(0);
     const counts = await store.countTasks(null);
     expect(Object.values(counts).every((n) => n === 0)).toBe(true);
@@ -382,21 +392,6 @@ describe('PostgresStore specifics', () => {
       /warmConnections/,
     );
   });
-
-  /** `databaseUrl()` with the test's schema and `application_name`, so its backends can be counted. */
-  function tunedUrl(applicationName: string): string {
-    const base = databaseUrl();
-    return `${base}${base.includes('?') ? '&' : '?'}search_path=${schema}&application_name=${applicationName}`;
-  }
-
-  async function backendsOf(applicationName: string): Promise<number> {
-    const [row] = await withAdminSql(
-      databaseUrl(),
-      (sql) =>
-        sql`SELECT count(*)::integer AS n FROM pg_stat_activity WHERE application_name = ${applicationName}`,
-    );
-    return Number(row?.n);
-  }
 
   it('keeps the queue counter to the rows through bulk, rolled-back and partly rolled-back transactions', async () => {
     schema = freshSchemaName('cnt');
