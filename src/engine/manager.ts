@@ -20,7 +20,7 @@ import {
   type TaskView,
 } from '../domain/task.js';
 import { type Executor, handlerExecutor, type TaskHandler } from '../executors/executor.js';
-import type { InstanceView, Store } from '../store/store.js';
+import type { InstanceView, Store, SubmitOutcome } from '../store/store.js';
 import { BackpressureManager } from './backpressure.js';
 import { type BreakerState, CircuitBreakers } from './breaker.js';
 import { CheckpointManager } from './checkpoints.js';
@@ -134,7 +134,14 @@ export class AgentManager {
     );
     this.startedAtMs = clock.now();
     this.checkpoints = new CheckpointManager(store, this.options.maxPayloadBytes);
-    this.queue = new TaskQueue(store, this.options, this.checkpoints, clock, () => this.taskTypes());
+    this.queue = new TaskQueue(
+      store,
+      this.options,
+      this.checkpoints,
+      clock,
+      () => this.taskTypes(),
+      (outcomes) => this.committed(outcomes),
+    );
     this.health = new HealthMonitor(store, { unhealthyThreshold: this.options.healthUnhealthyThreshold });
     this.processor = new QueueProcessor({
       store,
@@ -285,20 +292,30 @@ export class AgentManager {
     caller: Caller = LOCAL,
   ): Promise<{ task: TaskView; duplicate: boolean }> {
     this.assertAccepting();
-    const outcome = await this.queue.submit(input, caller.userId);
-    if (!outcome.duplicate) {
-      // Work that can run at once: the loop's view of breakers and delayed tasks stays valid.
-      this.processor.wake('work');
+    return this.queue.submit(input, caller.userId);
+  }
+
+  /**
+   * A submit batch is committed: its new tasks are announced and the lease loop woken. This comes
+   * before the submits resolve on a store that syncs after committing, so `task.queued` always comes
+   * before the task's `task.started`.
+   */
+  private committed(outcomes: readonly SubmitOutcome[]): void {
+    let added = false;
+    for (const outcome of outcomes) {
+      if (!outcome.ok || outcome.duplicate) continue;
+      added = true;
       this.events.emit({
         type: 'task.queued',
         at: outcome.task.created_at,
-        user_id: caller.userId,
+        user_id: outcome.task.user_id,
         task_id: outcome.task.id,
         task_type: outcome.task.task_type,
         data: { priority: outcome.task.priority },
       });
     }
-    return outcome;
+    // Work that can run at once: the loop's view of breakers and delayed tasks stays valid.
+    if (added) this.processor.wake('work');
   }
 
   /** One task with its attempts. Throws NotFoundError (also for another user's task). */

@@ -37,12 +37,18 @@ export class TaskQueue {
     private readonly checkpoints: CheckpointManager,
     private readonly clock: Clock,
     private readonly knownTypes: () => readonly string[],
+    /** Called with a batch's outcomes once it is committed, before its submits resolve (see Store). */
+    onCommitted: (outcomes: readonly SubmitOutcome[]) => void,
   ) {
     this.batcher = new Batcher((tasks) =>
-      store.submitBatch(tasks, {
-        queueCapacity: options.taskQueueCapacity,
-        maxTasksPerUser: options.maxTasksPerUser,
-      }),
+      store.submitBatch(
+        tasks,
+        {
+          queueCapacity: options.taskQueueCapacity,
+          maxTasksPerUser: options.maxTasksPerUser,
+        },
+        onCommitted,
+      ),
     );
   }
 

@@ -715,8 +715,15 @@ export class PostgresStore implements Store {
    * connection surfaces as StoreUnavailableError and is not retried here, since the submit may have
    * committed; only conflicts (rolled back whole) are retried.
    */
-  async submitBatch(tasks: readonly NewTask[], limits: AdmissionLimits): Promise<SubmitOutcome[]> {
-    if (tasks.length === 0) return [];
+  async submitBatch(
+    tasks: readonly NewTask[],
+    limits: AdmissionLimits,
+    onCommitted?: (outcomes: readonly SubmitOutcome[]) => void,
+  ): Promise<SubmitOutcome[]> {
+    if (tasks.length === 0) {
+      onCommitted?.([]);
+      return [];
+    }
     // agentfleet_submit_v1 serialises admission across processes under the admission lock, so capacity
     // and per-user counts are exact, and applies the one-task-at-a-time checks with this batch's own
     // inserts counted.
@@ -724,7 +731,7 @@ export class PostgresStore implements Store {
     if (rows.length !== tasks.length) {
       throw new Error(`the submit of ${tasks.length} tasks returned ${rows.length} outcomes`);
     }
-    return rows.map((r, i): SubmitOutcome => {
+    const outcomes = rows.map((r, i): SubmitOutcome => {
       if (r.o_ord !== i + 1) throw new Error(`submit outcome ${i + 1} came back as ${r.o_ord}`);
       switch (r.o_kind) {
         case 'queue_full':
@@ -739,6 +746,9 @@ export class PostgresStore implements Store {
           throw new Error(`submit outcome ${i + 1} has an unknown kind: ${String(r.o_kind)}`);
       }
     });
+    // The statement's commit is durable (synchronous_commit): committed and synced are one moment.
+    onCommitted?.(outcomes);
+    return outcomes;
   }
 
   /** Leases up to `limit` eligible tasks in one transaction (one round trip), in priority-key order. */

@@ -270,8 +270,19 @@ export interface Store {
   /** A short name for logs and status: `sqlite` or `postgres`. */
   readonly kind: string;
 
-  /** Inserts tasks in one transaction, checking admission per task in order. */
-  submitBatch(tasks: readonly NewTask[], limits: AdmissionLimits): Promise<SubmitOutcome[]>;
+  /**
+   * Inserts tasks in one transaction, checking admission per task in order; resolves once the
+   * transaction is durable. `onCommitted`, when given, is called once with the outcomes as soon as the
+   * transaction is committed, before the promise resolves. A store that commits before it syncs
+   * (SQLite: the WAL is synced after the commit, see WalSync) calls it between the two, when the tasks
+   * can already be leased: the engine starts a task while its submitter waits for the sync. A task may
+   * thus start before its submit is acknowledged, never before it is committed.
+   */
+  submitBatch(
+    tasks: readonly NewTask[],
+    limits: AdmissionLimits,
+    onCommitted?: (outcomes: readonly SubmitOutcome[]) => void,
+  ): Promise<SubmitOutcome[]>;
 
   /** Leases up to `limit` eligible tasks in one transaction, in priority-key order (see LeaseRequest). */
   leaseBatch(request: LeaseRequest): Promise<LeasedTask[]>;

@@ -153,6 +153,29 @@ export function describeStoreConformance(
     }
 
     describe('admission', () => {
+      it('reports a batch outcomes to onCommitted once, committed and leasable, before it resolves', async () => {
+        const limits = { queueCapacity: 2, maxTasksPerUser: 100 };
+        const seen: { outcomes: readonly SubmitOutcome[]; resolved: boolean }[] = [];
+        let resolved = false;
+        const batch = [makeTask(), makeTask(), makeTask()];
+        const outcomes = await store
+          .submitBatch(batch, limits, (committed) => seen.push({ outcomes: committed, resolved }))
+          .finally(() => {
+            resolved = true;
+          });
+        expect(seen).toHaveLength(1);
+        expect(seen[0]?.resolved).toBe(false);
+        expect(seen[0]?.outcomes).toEqual(outcomes);
+        expect(outcomes.map((o) => o.ok)).toEqual([true, true, false]);
+        const leased = await store.leaseBatch(leaseRequest({ limit: 5 }));
+        expect(leased.map((l) => l.task.id).sort()).toEqual(
+          batch
+            .slice(0, 2)
+            .map((t) => t.id)
+            .sort(),
+        );
+      });
+
       it('capacity counts only queued tasks, not running ones', async () => {
         const limits = { queueCapacity: 2, maxTasksPerUser: 100 };
         await submit([makeTask(), makeTask()], limits);

@@ -3,24 +3,17 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { startFleet } from '../../src/cli/fleet.js';
 import { parseConfig } from '../../src/config.js';
 import { QueueFullError, StoreUnavailableError, UserTaskLimitError } from '../../src/domain/errors.js';
-import { priorityKey } from '../../src/domain/priority.js';
 import { openStore } from '../../src/store/open.js';
 import * as q from '../../src/store/pg/queries.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { POSTGRES_MIGRATIONS } from '../../src/store/postgres-migrations.js';
-import {
-  type LeasedTask,
-  type LeaseRequest,
-  type NewTask,
-  SPEC_BREAKER_RULES,
-  type Store,
-} from '../../src/store/store.js';
+import type { LeasedTask, Store } from '../../src/store/store.js';
 import { dropSchema, freshSchemaName, usePostgresUrl, withAdminSql } from '../support/postgres.js';
+import { storeLeaseRequest as leaseRequest, T0, storeTask as task } from '../support/store.js';
 import { waitFor } from '../support/wait.js';
 import { describeStoreConformance } from './conformance.js';
 
 const databaseUrl = usePostgresUrl();
-const T0 = Date.UTC(2025, 0, 1, 12, 0, 0);
 const LIMITS = { queueCapacity: 10_000, maxTasksPerUser: 10_000 };
 const RULES = { unhealthyThreshold: 3 };
 
@@ -41,36 +34,6 @@ describeStoreConformance(
     if (schema) await dropSchema(databaseUrl(), schema);
   },
 );
-
-function task(id: string, userId = 'alice', taskType = 'CodeGeneration'): NewTask {
-  return {
-    id,
-    userId,
-    taskType,
-    description: 'd',
-    priority: 'medium',
-    priorityKey: priorityKey('medium', T0),
-    inputJson: null,
-    maxRetries: 3,
-    timeoutMs: null,
-    idempotencyKey: null,
-    createdAtMs: T0,
-  };
-}
-
-function leaseRequest(owner: string, limit: number, newAgentId: () => string): LeaseRequest {
-  return {
-    owner,
-    limit,
-    nowMs: T0 + 1000,
-    leaseMs: 30_000,
-    excludeTypes: [],
-    typeCaps: {},
-    breakerRules: SPEC_BREAKER_RULES,
-    maxAgentsPerUser: 100,
-    newAgentId,
-  };
-}
 
 /**
  * Runs, through the store's own call path, a statement (`mode` 'statement') or a transaction ('tx') that

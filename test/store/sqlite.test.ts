@@ -5,17 +5,15 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
-import { priorityKey } from '../../src/domain/priority.js';
 import { openStore as openStoreFromSetting } from '../../src/store/open.js';
 import { SqliteStore, type SqliteStoreOptions } from '../../src/store/sqlite.js';
 import { SQLITE_MIGRATIONS } from '../../src/store/sqlite-migrations.js';
-import type { LeaseRequest, NewTask, Store } from '../../src/store/store.js';
-import { SPEC_BREAKER_RULES } from '../../src/store/store.js';
+import type { Store } from '../../src/store/store.js';
+import { storeLeaseRequest as leaseRequest, T0, storeTask as task } from '../support/store.js';
 import { describeStoreConformance } from './conformance.js';
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const SQLITE_MODULE = pathToFileURL(path.join(REPO_ROOT, 'src/store/sqlite.ts')).href;
-const T0 = Date.UTC(2025, 0, 1, 12, 0, 0);
 const LIMITS = { queueCapacity: 1000, maxTasksPerUser: 1000 };
 
 const dirs = new Map<Store, string>();
@@ -39,36 +37,6 @@ describeStoreConformance(
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   },
 );
-
-function task(id: string, userId = 'alice', taskType = 'CodeGeneration'): NewTask {
-  return {
-    id,
-    userId,
-    taskType,
-    description: 'd',
-    priority: 'medium',
-    priorityKey: priorityKey('medium', T0),
-    inputJson: null,
-    maxRetries: 3,
-    timeoutMs: null,
-    idempotencyKey: null,
-    createdAtMs: T0,
-  };
-}
-
-function leaseRequest(owner: string, limit: number, agentIds: () => string): LeaseRequest {
-  return {
-    owner,
-    limit,
-    nowMs: T0 + 1000,
-    leaseMs: 30_000,
-    breakerRules: SPEC_BREAKER_RULES,
-    excludeTypes: [],
-    typeCaps: {},
-    maxAgentsPerUser: 100,
-    newAgentId: agentIds,
-  };
-}
 
 /** Runs `node --import tsx` on a script; resolves with its exit code and stderr. */
 function runScript(file: string): Promise<{ code: number | null; stderr: string }> {
@@ -102,14 +70,15 @@ describe('SqliteStore specifics', () => {
     dir = '';
   });
 
-  it('creates the parent folder and sets WAL, synchronous=FULL, busy_timeout, foreign keys and a 2 MiB page cache', () => {
+  it('creates the parent folder and sets WAL (synced by the store), busy_timeout, foreign keys and a 2 MiB page cache', () => {
     dir = makeTempDir();
     const file = path.join(dir, 'a', 'b', 'agentfleet.db');
     const store = openStore(file);
     expect(fs.existsSync(file)).toBe(true);
     expect(store.settings()).toEqual({
       journalMode: 'wal',
-      synchronous: 'full',
+      synchronous: 'normal',
+      walSynced: true,
       busyTimeoutMs: 5000,
       foreignKeys: true,
       cacheKib: 2048,
@@ -119,9 +88,7 @@ describe('SqliteStore specifics', () => {
       expect(() => openStore(path.join(dir, 'bad.db'), { cacheKib })).toThrow(/cacheKib must be/);
     }
     expect(fs.existsSync(path.join(dir, 'bad.db'))).toBe(false);
-    expect(openStore(path.join(dir, 'fast.db'), { synchronous: 'normal' }).settings().synchronous).toBe(
-      'normal',
-    );
+    expect(openStore(path.join(dir, 'fast.db'), { synchronous: 'normal' }).settings().walSynced).toBe(false);
   });
 
   it('is opened by a database setting with the page cache its tuning names (sqlite_cache_kib)', async () => {
@@ -130,7 +97,7 @@ describe('SqliteStore specifics', () => {
     const plain = await openStoreFromSetting(path.join(dir, 'plain.db'));
     try {
       expect(tuned).toBeInstanceOf(SqliteStore);
-      expect((tuned as SqliteStore).settings()).toMatchObject({ cacheKib: 4096, synchronous: 'full' });
+      expect((tuned as SqliteStore).settings()).toMatchObject({ cacheKib: 4096, walSynced: true });
       expect((plain as SqliteStore).settings().cacheKib).toBe(2048);
     } finally {
       await tuned.close();
@@ -175,36 +142,6 @@ describe('SqliteStore specifics', () => {
     } finally {
       db.close();
     }
-  });
-
-  it('commits a lease without an fsync of its own and is fully synchronous again after it and a settle', async () => {
-    dir = makeTempDir();
-    const store = openStore(path.join(dir, 'agentfleet.db'));
-    await store.submitBatch([task('t1')], LIMITS);
-    // The new agent's id is asked for inside the lease's transaction: the setting it runs under.
-    const during: string[] = [];
-    const [leased] = await store.leaseBatch(
-      leaseRequest('p', 1, () => {
-        during.push(store.settings().synchronous);
-        return 'agent-1';
-      }),
-    );
-    if (!leased) throw new Error('nothing leased');
-    expect(during).toEqual(['normal']);
-    expect(store.settings().synchronous).toBe('full');
-    await store.settleBatch(
-      [
-        {
-          taskId: 't1',
-          token: leased.token,
-          nowMs: T0 + 2000,
-          settlement: { kind: 'succeeded', resultJson: '1' },
-        },
-      ],
-      { unhealthyThreshold: 3 },
-    );
-    expect(store.settings().synchronous).toBe('full');
-    expect(await store.getTask('t1', 'alice')).toMatchObject({ status: 'succeeded', result: 1 });
   });
 
   it('keeps data across close and reopen', async () => {

@@ -1,0 +1,301 @@
+/**
+ * The SQLite store's durability: it commits with SQLite's `synchronous = NORMAL` and syncs the WAL
+ * itself (WalSync) before it acknowledges a write. The flushes are watched (and held) through the
+ * `node:fs` functions the store calls, on real files.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { AgentManager } from '../../src/engine/manager.js';
+import { SqliteStore, SYNC_DELAY_MS } from '../../src/store/sqlite.js';
+import { WalSync } from '../../src/store/wal-sync.js';
+import { storeLeaseRequest, T0, storeTask as task } from '../support/store.js';
+import { waitFor } from '../support/wait.js';
+
+const LIMITS = { queueCapacity: 1000, maxTasksPerUser: 1000 };
+
+/** A lease of up to `limit` tasks with fresh agent ids. */
+function leaseRequestOf(limit: number) {
+  let n = 0;
+  return storeLeaseRequest('p', limit, () => `agent-${++n}`);
+}
+type Callback = (error: NodeJS.ErrnoException | null) => void;
+
+let dir = '';
+const cleanups: (() => Promise<void> | void)[] = [];
+
+function tempDir(): string {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'agentfleet-sync-'));
+  return dir;
+}
+
+afterEach(async () => {
+  vi.useRealTimers();
+  vi.restoreAllMocks();
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  dir = '';
+});
+
+/** Pooled syncs (`fs.fdatasync`) are held until the test releases them; each then really runs. */
+function holdPooledSyncs(): { held: { fd: number; release: () => void; fail: (e: Error) => void }[] } {
+  const real = fs.fdatasync;
+  const held: { fd: number; release: () => void; fail: (e: Error) => void }[] = [];
+  vi.spyOn(fs, 'fdatasync').mockImplementation(((fd: number, callback: Callback) => {
+    held.push({ fd, release: () => real(fd, callback), fail: (e) => callback(e) });
+  }) as typeof fs.fdatasync);
+  return { held };
+}
+
+/** Records whether a promise has settled, without awaiting it. */
+function track(promise: Promise<unknown>): { settled: boolean } {
+  const state = { settled: false };
+  promise.then(
+    () => {
+      state.settled = true;
+    },
+    () => {
+      state.settled = true;
+    },
+  );
+  return state;
+}
+
+/** Lets the event loop run a few turns (timers, I/O callbacks, immediates). */
+async function turns(n = 5): Promise<void> {
+  for (let i = 0; i < n; i++) await new Promise<void>((resolve) => setImmediate(resolve));
+}
+
+function inode(file: string): number {
+  return fs.statSync(file).ino;
+}
+
+function openStore(options?: { synchronous?: 'full' | 'normal' }): { store: SqliteStore; wal: string } {
+  const file = path.join(tempDir(), 'agentfleet.db');
+  const store = SqliteStore.open(file, options);
+  cleanups.push(() => store.close());
+  return { store, wal: `${file}-wal` };
+}
+
+describe('WalSync', () => {
+  function walFile(): string {
+    const file = path.join(tempDir(), 'x.db-wal');
+    fs.writeFileSync(file, 'frames');
+    return file;
+  }
+
+  it('serves the callers that arrive while a sync runs with one more sync, started after it ends', async () => {
+    const file = walFile();
+    const { held } = holdPooledSyncs();
+    const sync = new WalSync(file);
+    cleanups.push(() => sync.close());
+    const first = sync.sync();
+    const later = [sync.sync(), sync.sync(), sync.sync()].map((p) => ({ p, state: track(p) }));
+    expect(held).toHaveLength(1);
+    expect(fs.fstatSync(held[0]?.fd ?? -1).ino).toBe(inode(file));
+    held[0]?.release();
+    await first;
+    await turns();
+    // The three share the second sync; none resolved with the first.
+    expect(held).toHaveLength(2);
+    expect(later.map((l) => l.state.settled)).toEqual([false, false, false]);
+    held[1]?.release();
+    await Promise.all(later.map((l) => l.p));
+    expect(held).toHaveLength(2);
+  });
+
+  it('inline: flushes on the calling thread when no sync runs; behind a running one, waits for the next', async () => {
+    const file = walFile();
+    const onThread = vi.spyOn(fs, 'fdatasyncSync');
+    const sync = new WalSync(file);
+    cleanups.push(() => sync.close());
+    await sync.sync(true);
+    expect(onThread).toHaveBeenCalledTimes(1);
+    expect(fs.fstatSync(onThread.mock.calls[0]?.[0] ?? -1).ino).toBe(inode(file));
+    const { held } = holdPooledSyncs();
+    const pooled = sync.sync();
+    const inline = track(sync.sync(true));
+    await turns();
+    expect(onThread).toHaveBeenCalledTimes(1);
+    expect(inline.settled).toBe(false);
+    held[0]?.release();
+    await pooled;
+    await waitFor(() => held.length === 2, 'the next pooled sync');
+    held[1]?.release();
+    await waitFor(() => inline.settled, 'the inline caller to be served by the next sync');
+  });
+
+  it('rejects the callers of a failed sync; the next caller starts a new one', async () => {
+    const file = walFile();
+    const { held } = holdPooledSyncs();
+    const sync = new WalSync(file);
+    cleanups.push(() => sync.close());
+    const failed = sync.sync();
+    held[0]?.fail(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+    await expect(failed).rejects.toMatchObject({ code: 'EIO' });
+    const next = sync.sync();
+    expect(held).toHaveLength(2);
+    held[1]?.release();
+    await expect(next).resolves.toBeUndefined();
+  });
+
+  it('close waits for the running sync, then closes the descriptor', async () => {
+    const file = walFile();
+    const { held } = holdPooledSyncs();
+    const sync = new WalSync(file);
+    const running = sync.sync();
+    const closed = track(sync.close());
+    await turns();
+    expect(closed.settled).toBe(false);
+    const fd = held[0]?.fd ?? -1;
+    expect(fs.fstatSync(fd).ino).toBe(inode(file));
+    held[0]?.release();
+    await running;
+    await waitFor(() => closed.settled, 'close');
+    expect(() => fs.fstatSync(fd)).toThrow(/EBADF/);
+  });
+});
+
+describe('SqliteStore durability', () => {
+  it('runs SQLite at synchronous=NORMAL and syncs the WAL itself', () => {
+    const { store } = openStore();
+    expect(store.settings()).toMatchObject({
+      journalMode: 'wal',
+      synchronous: 'normal',
+      walSynced: true,
+    });
+    const relaxed = openStore({ synchronous: 'normal' }).store;
+    expect(relaxed.settings()).toMatchObject({ synchronous: 'normal', walSynced: false });
+  });
+
+  it('commits a submit, lets what its commit started lease the tasks, then syncs before it resolves', async () => {
+    const { store, wal } = openStore();
+    const pooled = vi.spyOn(fs, 'fdatasync');
+    const order: string[] = [];
+    const onThread = vi.spyOn(fs, 'fdatasyncSync').mockImplementation((fd) => {
+      expect(fs.fstatSync(fd).ino).toBe(inode(wal));
+      order.push('sync');
+    });
+    const outcomes = await store
+      .submitBatch([task('t1'), task('t2')], LIMITS, (committed) => {
+        order.push(`committed ${committed.length}`);
+        void store.leaseBatch(leaseRequestOf(5)).then((leased) => order.push(`leased ${leased.length}`));
+      })
+      .then((result) => {
+        order.push('resolved');
+        return result;
+      });
+    expect(outcomes.map((o) => o.ok)).toEqual([true, true]);
+    expect(order).toEqual(['committed 2', 'leased 2', 'sync', 'resolved']);
+    expect(onThread).toHaveBeenCalledTimes(1);
+    expect(pooled).not.toHaveBeenCalled();
+  });
+
+  it('never resolves a submit on a sync that began before its commit', async () => {
+    const { store } = openStore();
+    await store.submitBatch([task('t1'), task('t2')], LIMITS);
+    // A lease's background sync starts on the pool and is held there.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const { held } = holdPooledSyncs();
+    const onThread = vi.spyOn(fs, 'fdatasyncSync');
+    await store.leaseBatch(leaseRequestOf(1));
+    vi.advanceTimersByTime(SYNC_DELAY_MS);
+    expect(held).toHaveLength(1);
+    const submit = store.submitBatch([task('t3')], LIMITS);
+    const state = track(submit);
+    await turns();
+    // It waits for the next sync rather than flush beside the running one.
+    expect(onThread).not.toHaveBeenCalled();
+    expect(state.settled).toBe(false);
+    held[0]?.release();
+    // Timers are fake here: wait by turns of the event loop.
+    for (let turn = 0; held.length < 2 && turn < 10_000; turn++) await turns(1);
+    expect(held).toHaveLength(2);
+    expect(state.settled).toBe(false);
+    held[1]?.release();
+    expect((await submit).map((o) => o.ok)).toEqual([true]);
+  });
+
+  it('checkpoints and cancels are synced before they return', async () => {
+    const { store } = openStore();
+    await store.submitBatch([task('t1'), task('t2')], LIMITS);
+    const [running] = await store.leaseBatch(leaseRequestOf(1));
+    if (!running) throw new Error('nothing leased');
+    const onThread = vi.spyOn(fs, 'fdatasyncSync');
+    await store.saveCheckpoint(running.task.id, running.token, '{"step":1}', T0 + 1500);
+    expect(onThread).toHaveBeenCalledTimes(1);
+    const queued = running.task.id === 't1' ? 't2' : 't1';
+    await store.requestCancel(queued, null, T0 + 1600);
+    expect(onThread).toHaveBeenCalledTimes(2);
+  });
+
+  it('commits leases and settles without a sync and syncs them once, SYNC_DELAY_MS later', async () => {
+    const { store } = openStore();
+    await store.submitBatch([task('t1'), task('t2')], LIMITS);
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const pooled = vi.spyOn(fs, 'fdatasync');
+    const onThread = vi.spyOn(fs, 'fdatasyncSync');
+    const leased = await store.leaseBatch(leaseRequestOf(2));
+    await store.settleBatch(
+      leased.map((l) => ({
+        taskId: l.task.id,
+        token: l.token,
+        nowMs: T0 + 2000,
+        settlement: { kind: 'succeeded' as const, resultJson: '1' },
+      })),
+      { unhealthyThreshold: 3 },
+    );
+    vi.advanceTimersByTime(SYNC_DELAY_MS - 1);
+    expect(pooled).not.toHaveBeenCalled();
+    vi.advanceTimersByTime(1);
+    expect(pooled).toHaveBeenCalledTimes(1);
+    expect(onThread).not.toHaveBeenCalled();
+    vi.advanceTimersByTime(10 * SYNC_DELAY_MS);
+    expect(pooled).toHaveBeenCalledTimes(1);
+  });
+
+  it('with durability normal, never syncs', async () => {
+    const { store } = openStore({ synchronous: 'normal' });
+    const pooled = vi.spyOn(fs, 'fdatasync');
+    const onThread = vi.spyOn(fs, 'fdatasyncSync');
+    await store.submitBatch([task('t1')], LIMITS);
+    await store.submitBatch([task('t2'), task('t3')], LIMITS);
+    await store.leaseBatch(leaseRequestOf(3));
+    await store.close();
+    expect(pooled).not.toHaveBeenCalled();
+    expect(onThread).not.toHaveBeenCalled();
+  });
+});
+
+describe('the engine on the SQLite store', () => {
+  it('starts submitted tasks before their WAL sync, which no later turn of the event loop runs ahead of', async () => {
+    const { store } = openStore();
+    // No safety poll within the test: only the commit's wake can start the tasks.
+    const manager = new AgentManager({ store, maxConcurrentTasks: 4, pollIntervalMs: 600_000 });
+    const order: string[] = [];
+    manager.handle('Echo', async (t) => {
+      order.push(`started ${t.description}`);
+    });
+    await manager.start();
+    cleanups.push(() => manager.stop());
+    const onThread = vi.spyOn(fs, 'fdatasyncSync').mockImplementation(() => {
+      order.push('sync');
+    });
+    // Announced at the commit: from there, the next turn of the event loop must come after the sync.
+    manager.subscribe((event) => {
+      if (event.type === 'task.queued') setImmediate(() => order.push('next turn'));
+    });
+    // Two submits in one turn share a commit and a sync; then one alone.
+    await Promise.all([
+      manager.submit({ task_type: 'Echo', description: 'a' }),
+      manager.submit({ task_type: 'Echo', description: 'b' }),
+    ]);
+    expect(order.slice(0, 3)).toEqual(['started a', 'started b', 'sync']);
+    await turns();
+    order.length = 0;
+    await manager.submit({ task_type: 'Echo', description: 'c' });
+    expect(order.slice(0, 2)).toEqual(['started c', 'sync']);
+    expect(onThread).toHaveBeenCalledTimes(2);
+  });
+});
