@@ -443,7 +443,7 @@ export class AgentManager {
   async queueStatus(caller: Caller = LOCAL): Promise<QueueStatus> {
     const now = this.options.clock.now();
     const [counts, records, instances] = await Promise.all([
-      this.store.countTasks(scope(caller)),
+      this.store.countActive(scope(caller)),
       this.store.listBreakers(now, this.breakers.rules),
       caller.admin ? this.store.listInstances(now - 3 * this.heartbeatIntervalMs()) : Promise.resolve([]),
     ]);

@@ -67,6 +67,7 @@ import * as q from './pg/queries.js';
 import { POSTGRES_MIGRATIONS } from './postgres-migrations.js';
 import { type AgentResult, applySettlement, type SettleEffect, type StatsDelta } from './settle-rules.js';
 import type {
+  ActiveCounts,
   AdmissionLimits,
   AgentFilter,
   FleetStats,
@@ -1136,6 +1137,14 @@ export class PostgresStore implements Store {
     const rows = await this.run('read', (db) => q.countTasksByStatus(db, userId));
     const counts = Object.fromEntries(TASK_STATUSES.map((s) => [s, 0])) as StatusCounts;
     for (const row of rows) counts[row.status] = row.n;
+    return counts;
+  }
+
+  /** Queued and running tasks, through the status index: finished tasks are not read. */
+  async countActive(userId: string | null): Promise<ActiveCounts> {
+    const counts: ActiveCounts = { queued: 0, running: 0 };
+    for (const row of await this.run('read', (db) => q.countActiveByStatus(db, userId)))
+      counts[row.status] = row.n;
     return counts;
   }
 

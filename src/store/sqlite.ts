@@ -47,6 +47,7 @@ import {
 import { type AgentResult, applySettlement, type StatsDelta } from './settle-rules.js';
 import { SQLITE_MIGRATIONS } from './sqlite-migrations.js';
 import type {
+  ActiveCounts,
   AdmissionLimits,
   AgentFilter,
   FleetStats,
@@ -1329,6 +1330,12 @@ export class SqliteStore implements Store {
       for (const row of rows) counts[row.status] = row.n;
       return counts;
     });
+  }
+
+  /** Queued and running tasks; the counters make every count O(1) here (see countTasks). */
+  async countActive(userId: string | null): Promise<ActiveCounts> {
+    const { queued, running } = await this.countTasks(userId);
+    return { queued, running };
   }
 
   /** Ids of unhealthy agents, optionally for one user. */

@@ -227,6 +227,12 @@ export interface NewAgent {
 /** Task counts by status (cluster-wide), optionally for one user. */
 export type StatusCounts = Record<TaskStatus, number>;
 
+/** The tasks not yet finished, by status. */
+export interface ActiveCounts {
+  queued: number;
+  running: number;
+}
+
 /** Totals that never go down, per task type. */
 export interface TypeStats {
   taskType: string;
@@ -375,6 +381,12 @@ export interface Store {
 
   /** Task counts by status, cluster-wide or for one user. */
   countTasks(userId: string | null): Promise<StatusCounts>;
+
+  /**
+   * Queued and running tasks, cluster-wide or for one user: what the queue status (and its alerts)
+   * needs, read without counting finished tasks, whose number only grows.
+   */
+  countActive(userId: string | null): Promise<ActiveCounts>;
 
   /** Ids of agents that are `unhealthy`, optionally for one user. */
   unhealthyAgentIds(userId: string | null): Promise<string[]>;

@@ -1205,6 +1205,27 @@ export function describeStoreConformance(
         });
       });
 
+      it('countActive counts queued and running tasks, not finished ones, cluster-wide or per user', async () => {
+        await submit([
+          makeTask(),
+          makeTask(),
+          makeTask(),
+          makeTask({ userId: 'bob' }),
+          makeTask({ userId: 'bob' }),
+        ]);
+        const [first, second] = await lease({ limit: 3 });
+        if (!first || !second) throw new Error('nothing leased');
+        await settle(first, { kind: 'succeeded', resultJson: '1' });
+        await settle(second, { kind: 'failed', error: 'no', agentFault: false });
+        const all = await store.countTasks(null);
+        expect(all.succeeded + all.failed).toBe(2);
+        for (const user of [null, 'alice', 'bob', 'nobody']) {
+          const { queued, running } = await store.countTasks(user);
+          expect(await store.countActive(user)).toEqual({ queued, running });
+        }
+        expect(await store.countActive(null)).toEqual({ queued: 2, running: 1 });
+      });
+
       it('stats keeps per-type totals and execution times', async () => {
         await submitOne({ id: 'ok', taskType: 'CodeGeneration' });
         await submitOne({ id: 'flaky', taskType: 'CodeReview', maxRetries: 1 });

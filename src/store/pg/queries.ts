@@ -716,6 +716,17 @@ export async function countTasksByStatus(
   return [...rows];
 }
 
+/** Queued and running task counts, for one user or (null) all; reads only those rows' index entries. */
+export async function countActiveByStatus(
+  db: Db,
+  userId: string | null,
+): Promise<{ status: 'queued' | 'running'; n: number }[]> {
+  const rows = await db<{ status: 'queued' | 'running'; n: number }[]>`SELECT status, count(*)::integer AS n
+    FROM tasks WHERE status IN ('queued', 'running') AND (${userId}::text IS NULL OR user_id = ${userId})
+    GROUP BY status`;
+  return [...rows];
+}
+
 /** Earliest `run_at` after `nowMs` among queued tasks not of `excludeTypes`, or null. */
 export async function nextRunAt(
   db: Db,
