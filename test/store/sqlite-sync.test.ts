@@ -217,6 +217,16 @@ describe('SqliteStore durability', () => {
     expect((await submit).map((o) => o.ok)).toEqual([true]);
   });
 
+  it('rejects a submit whose flush fails, and the next submit is flushed again', async () => {
+    const { store } = openStore();
+    const onThread = vi.spyOn(fs, 'fdatasyncSync').mockImplementationOnce(() => {
+      throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+    });
+    await expect(store.submitBatch([task('t1')], LIMITS)).rejects.toMatchObject({ code: 'EIO' });
+    await expect(store.submitBatch([task('t2')], LIMITS)).resolves.toHaveLength(1);
+    expect(onThread).toHaveBeenCalledTimes(2);
+  });
+
   it('checkpoints and cancels are synced before they return', async () => {
     const { store } = openStore();
     await store.submitBatch([task('t1'), task('t2')], LIMITS);
