@@ -119,9 +119,9 @@ const LEASE_SCAN_MIN = 10_000;
 export const SYNC_DELAY_MS = 100;
 /**
  * Microtask turns a durable write lets pass between its commit and its sync, so that the lease loop,
- * woken by a submit's commit, leases and starts the new task first. The engine needs 4 on an idle loop
- * (the loop's wake-up, flushSubmits, the lease, the start); the test "starts a lone submit's task
- * before its WAL sync" fails when this falls short.
+ * woken by a submit's commit, leases and starts the new task first. On an idle loop the engine needs
+ * 3 (its test "starts submitted tasks before their WAL sync, …" fails with 2 and passes with 3); 16
+ * leaves room for the loop growing a few steps.
  */
 const COMMIT_REACTION_TURNS = 16;
 /** SQLite error codes that mean "another writer held the lock too long", not a bug. */
