@@ -1,10 +1,9 @@
 /**
  * The embedded default store: one SQLite file through better-sqlite3 (synchronous), WAL journal. An
  * acknowledged write (a submit, a cancel, a requeue, a checkpoint) is committed and its WAL synced
- * before it returns; the store does the sync itself, after the commit and off the event loop when it
- * can (see WalSync, writeDurable), so SQLite runs with `synchronous = NORMAL`. Leases, settles and
- * heartbeats acknowledge nothing to a client: their commits are synced within SYNC_DELAY_MS (see
- * writeRelaxed). Every method that changes rows runs in one `BEGIN IMMEDIATE` transaction, which takes
+ * before it returns; the store does the sync itself, after the commit (see WalSync, writeDurable), so
+ * SQLite runs with `synchronous = NORMAL`. Leases, settles and heartbeats acknowledge nothing to a
+ * client: their commits are synced within SYNC_DELAY_MS, off the event loop (see writeRelaxed). Every method that changes rows runs in one `BEGIN IMMEDIATE` transaction, which takes
  * the write lock up front: two processes (or two instances) on the same file serialise instead of
  * failing half-way with SQLITE_BUSY.
  *
@@ -489,17 +488,18 @@ export class SqliteStore implements Store {
       // Negative: in KiB, not pages.
       db.pragma(`cache_size = -${cacheKib}`);
       migrate(db);
-      const fullSync = options.synchronous !== 'normal';
-      const walFile =
-        db.pragma('journal_mode', { simple: true }) === 'wal' ? `${path.resolve(file)}-wal` : null;
-      if (fullSync && walFile !== null) {
+      const wal =
+        options.synchronous !== 'normal' && db.pragma('journal_mode', { simple: true }) === 'wal'
+          ? new WalSync(`${path.resolve(file)}-wal`)
+          : null;
+      if (wal !== null) {
         // One fully synchronous commit: SQLite syncs the WAL and, the first time, the folder that
         // holds it (a new file's name must survive a power cut too). From here on the store commits
-        // without SQLite's own fsync and syncs the WAL itself, off the event loop (see WalSync).
+        // without SQLite's own fsync and syncs the WAL itself (see WalSync).
         db.prepare('UPDATE sync_marker SET at = ? WHERE id = 1').run(Date.now());
         db.pragma('synchronous = NORMAL');
       }
-      return new SqliteStore(db, fullSync && walFile !== null ? new WalSync(walFile) : null);
+      return new SqliteStore(db, wal);
     } catch (error) {
       db.close();
       throw error;
@@ -558,19 +558,8 @@ export class SqliteStore implements Store {
   private async writeDurable<T>(fn: () => T, onCommitted?: (result: T) => void): Promise<T> {
     const result = this.write(fn);
     onCommitted?.(result);
-    const wal = this.wal;
-    if (wal === null) return result;
-    const synced = (async () => {
-      for (let turn = 0; turn < COMMIT_REACTION_TURNS; turn++) await Promise.resolve();
-      this.unsynced = false;
-      try {
-        await wal.sync(true);
-      } catch (error) {
-        // The relaxed commits this flush was to cover go back to the background flush.
-        this.syncSoon();
-        throw error;
-      }
-    })();
+    if (this.wal === null) return result;
+    const synced = this.syncCommitted(this.wal);
     // `close` waits for it: the commit is in the WAL, and only its sync makes it durable.
     this.syncing.add(synced);
     try {
@@ -579,6 +568,19 @@ export class SqliteStore implements Store {
       this.syncing.delete(synced);
     }
     return result;
+  }
+
+  /** The sync of `writeDurable`: after the commit's reactions (COMMIT_REACTION_TURNS), on this thread. */
+  private async syncCommitted(wal: WalSync): Promise<void> {
+    for (let turn = 0; turn < COMMIT_REACTION_TURNS; turn++) await Promise.resolve();
+    this.unsynced = false;
+    try {
+      await wal.sync(true);
+    } catch (error) {
+      // The relaxed commits this flush was to cover go back to the background flush.
+      this.syncSoon();
+      throw error;
+    }
   }
 
   /** Makes sure the relaxed commits made so far are synced within SYNC_DELAY_MS. */

@@ -78,18 +78,24 @@ function openStore(options?: { synchronous?: 'full' | 'normal' }): { store: Sqli
   return { store, wal: `${file}-wal` };
 }
 
+/** An I/O error as `fs` reports it. */
+function eio(): Error {
+  return Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+}
+
 describe('WalSync', () => {
-  function walFile(): string {
+  /** A WalSync over a file of its own, closed after the test. */
+  function walSync(): { file: string; sync: WalSync } {
     const file = path.join(tempDir(), 'x.db-wal');
     fs.writeFileSync(file, 'frames');
-    return file;
+    const sync = new WalSync(file);
+    cleanups.push(() => sync.close());
+    return { file, sync };
   }
 
   it('serves the callers that arrive while a sync runs with one more sync, started after it ends', async () => {
-    const file = walFile();
+    const { file, sync } = walSync();
     const { held } = holdPooledSyncs();
-    const sync = new WalSync(file);
-    cleanups.push(() => sync.close());
     const first = sync.sync();
     const later = [sync.sync(), sync.sync(), sync.sync()].map((p) => ({ p, state: track(p) }));
     expect(held).toHaveLength(1);
@@ -106,10 +112,8 @@ describe('WalSync', () => {
   });
 
   it('inline: flushes on the calling thread when no sync runs; behind a running one, waits for the next', async () => {
-    const file = walFile();
+    const { file, sync } = walSync();
     const onThread = vi.spyOn(fs, 'fdatasyncSync');
-    const sync = new WalSync(file);
-    cleanups.push(() => sync.close());
     await sync.sync(true);
     expect(onThread).toHaveBeenCalledTimes(1);
     expect(fs.fstatSync(onThread.mock.calls[0]?.[0] ?? -1).ino).toBe(inode(file));
@@ -127,12 +131,10 @@ describe('WalSync', () => {
   });
 
   it('rejects the callers of a failed sync; the next caller starts a new one', async () => {
-    const file = walFile();
+    const { sync } = walSync();
     const { held } = holdPooledSyncs();
-    const sync = new WalSync(file);
-    cleanups.push(() => sync.close());
     const failed = sync.sync();
-    held[0]?.fail(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+    held[0]?.fail(eio());
     await expect(failed).rejects.toMatchObject({ code: 'EIO' });
     const next = sync.sync();
     expect(held).toHaveLength(2);
@@ -141,9 +143,8 @@ describe('WalSync', () => {
   });
 
   it('close waits for the running sync, then closes the descriptor', async () => {
-    const file = walFile();
+    const { file, sync } = walSync();
     const { held } = holdPooledSyncs();
-    const sync = new WalSync(file);
     const running = sync.sync();
     const closed = track(sync.close());
     await turns();
@@ -220,7 +221,7 @@ describe('SqliteStore durability', () => {
   it('rejects a submit whose flush fails, and the next submit is flushed again', async () => {
     const { store } = openStore();
     const onThread = vi.spyOn(fs, 'fdatasyncSync').mockImplementationOnce(() => {
-      throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+      throw eio();
     });
     await expect(store.submitBatch([task('t1')], LIMITS)).rejects.toMatchObject({ code: 'EIO' });
     await expect(store.submitBatch([task('t2')], LIMITS)).resolves.toHaveLength(1);
