@@ -4,7 +4,7 @@
  * a service cannot send the task elsewhere) are not; `Retry-After` on a retryable status becomes the
  * failure's `retryAfterMs`.
  */
-import { type Dispatcher, request } from 'undici';
+import type { Dispatcher } from 'undici';
 import type { Clock } from '../domain/clock.js';
 import { isAgentfleetError, TaskFailedError } from '../domain/errors.js';
 
@@ -100,6 +100,17 @@ export function statusFailure(
   );
 }
 
+let undici: Promise<typeof import('undici')> | null = null;
+
+/**
+ * undici, loaded with the first request: it adds about 20 MB to the resident memory of a process, and a
+ * fleet with no HTTP or LLM agent type never sends one.
+ */
+function loadUndici(): Promise<typeof import('undici')> {
+  undici ??= import('undici');
+  return undici;
+}
+
 /**
  * POSTs `body` as JSON and resolves with a 2xx response whose body the caller must read or destroy.
  * Rejects with a TaskFailedError classified as above, or with the signal's reason when it aborted.
@@ -110,6 +121,7 @@ export async function postJson(options: PostJsonOptions): Promise<Dispatcher.Res
   const { signal, what } = options;
   let response: Dispatcher.ResponseData;
   try {
+    const { request } = await loadUndici();
     response = await request(options.url, {
       method: 'POST',
       headers: { ...options.headers, 'content-type': 'application/json', accept: options.accept },
