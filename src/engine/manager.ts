@@ -154,6 +154,7 @@ export class AgentManager {
       executorFor: (type) => this.executors.get(type),
       instance: { host: this.options.instanceHost, pid: process.pid, startedAtMs: this.startedAtMs },
       flushSubmits: () => this.queue.flushSubmits(),
+      submitAnswerPending: () => this.queue.answerPending,
     });
     this.monitor = new HealthRecoveryMonitor(store, this.options, this.events, () => this.processor.wake());
     this.breakers.onTransition((t) => {
@@ -315,7 +316,7 @@ export class AgentManager {
       });
     }
     // Work that can run at once: the loop's view of breakers and delayed tasks stays valid.
-    if (added) this.processor.wake('work');
+    if (added) this.processor.wake('submitted');
   }
 
   /** One task with its attempts. Throws NotFoundError (also for another user's task). */

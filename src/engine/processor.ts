@@ -40,6 +40,8 @@ export interface ProcessorDeps {
   instance: { host: string; pid: number; startedAtMs: number };
   /** Commits the submissions waiting for their group commit (see `TaskQueue.flushSubmits`). */
   flushSubmits: () => Promise<void>;
+  /** True while a committed submit batch waits for its answer (see `TaskQueue.answerPending`). */
+  submitAnswerPending: () => boolean;
 }
 
 interface RunningTask {
@@ -75,6 +77,16 @@ export function lowPriorityHeadroom(maxConcurrentTasks: number): number {
 const SETTLE_BATCH = 64;
 const LEASE_BATCH = 64;
 
+/**
+ * Most tasks a lease takes while a committed submit batch waits for its answer. The lease runs then so
+ * that new tasks start at once instead of after the answer's WAL flush, but everything it does delays
+ * that answer: the first few tasks (in priority order, so an urgent one first) start ahead of it and the
+ * rest on the loop's next turn. Measured over HTTP with 50 clients (`npm run bench -- --workloads
+ * h-http`): 4 and 8 answered more submits than leasing the whole batch first or after the flush, 16
+ * fewer than 8.
+ */
+export const LEASE_AHEAD_OF_ANSWER = 4;
+
 /** An attempt that finished but whose settle could not be written (the store was unreachable). */
 interface PendingSettle {
   leased: LeasedTask;
@@ -105,6 +117,8 @@ export class QueueProcessor {
   private loopDone: Promise<void> | null = null;
   private wakePending = false;
   private wakeWaiter: (() => void) | null = null;
+  /** Ends the loop's yield between two full batches at once (see `wake`); set while it yields. */
+  private yieldWaiter: (() => void) | null = null;
   /**
    * What the idle loop last read from the store (the shared breakers and the next delayed run time),
    * reused until `validUntil` (one safety poll) or until something may have changed either: see `wake`.
@@ -160,14 +174,16 @@ export class QueueProcessor {
   /**
    * Asks the loop to look for work now. Safe to call any time, from anywhere. `any` (the default) also
    * makes the loop read the breakers and the next delayed run time again before it next waits: another
-   * process, a requeue or a breaker may have changed them. `work` is for what cannot: a local submit
-   * (its tasks can run at once) or a freed slot.
+   * process, a requeue or a breaker may have changed them. `work` is for what cannot: a freed slot;
+   * `submitted`, for tasks a local submit has just committed, also ends the loop's yield between two
+   * full batches (`yieldTurn`).
    */
-  wake(reason: 'any' | 'work' = 'any'): void {
+  wake(reason: 'any' | 'work' | 'submitted' = 'any'): void {
     if (reason === 'any') this.idleViewStale();
     this.wakePending = true;
-    const waiter = this.wakeWaiter;
+    const waiter = this.wakeWaiter ?? (reason === 'submitted' ? this.yieldWaiter : null);
     this.wakeWaiter = null;
+    this.yieldWaiter = null;
     waiter?.();
   }
 
@@ -227,16 +243,18 @@ export class QueueProcessor {
     while (this.leasing) {
       this.wakePending = false;
       let leasedAll = false;
+      // Submissions waiting for their group commit go first, so this lease ranks them too.
+      if (slots.available > 0) await this.deps.flushSubmits();
       if (slots.available > 0) {
-        // At most LEASE_BATCH per lease; a full batch loops at once for the rest. Of the headroom, only
-        // what the slots left free after this batch do not already keep is asked of this batch.
+        // At most LEASE_BATCH per lease (LEASE_AHEAD_OF_ANSWER while a submit's answer waits); a full
+        // batch loops at once for the rest. Of the headroom, only what the slots left free after this
+        // batch do not already keep is asked of this batch.
         const free = slots.available;
-        const reserved = slots.reserve(Math.min(free, LEASE_BATCH));
+        const batch = this.deps.submitAnswerPending() ? LEASE_AHEAD_OF_ANSWER : LEASE_BATCH;
+        const reserved = slots.reserve(Math.min(free, batch));
         const headroom = { low: Math.max(0, this.headroom.low - (free - reserved)) };
         let leased: LeasedTask[] = [];
         try {
-          // Submissions waiting for their group commit go first, so this lease ranks them too.
-          await this.deps.flushSubmits();
           leased = await store.leaseBatch({
             owner: instanceId,
             limit: reserved,
@@ -267,7 +285,7 @@ export class QueueProcessor {
       }
       if (leasedAll) {
         // A full batch means more may be waiting: go again, but yield so settles and submits interleave.
-        await new Promise<void>((resolve) => setImmediate(resolve));
+        await this.yieldTurn();
         continue;
       }
       if (!this.leasing) break;
@@ -348,6 +366,25 @@ export class QueueProcessor {
     if (breakerAt !== null) at = Math.min(at, breakerAt);
     if (runAt !== null) at = Math.min(at, runAt);
     return at;
+  }
+
+  /**
+   * Waits for the next turn of the event loop, or less: tasks just submitted end the wait at once, so
+   * they are leased right after their commit (before the store answers the submit) instead of behind
+   * every settle and timer queued for that turn.
+   */
+  private yieldTurn(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const immediate = setImmediate(() => {
+        if (this.yieldWaiter === done) this.yieldWaiter = null;
+        resolve();
+      });
+      const done = () => {
+        clearImmediate(immediate);
+        resolve();
+      };
+      this.yieldWaiter = done;
+    });
   }
 
   private waitForWake(delayMs: number): Promise<void> {

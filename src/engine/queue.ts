@@ -30,6 +30,11 @@ export const MAX_IDEMPOTENCY_KEY_LENGTH = 255;
  */
 export class TaskQueue {
   private readonly batcher: Batcher<NewTask, SubmitOutcome>;
+  /**
+   * True while a committed batch waits for its answer: on a store that makes a commit durable after it
+   * (SQLite's WAL flush), between the commit and the flush. One batch is written at a time.
+   */
+  answerPending = false;
 
   constructor(
     store: Store,
@@ -40,23 +45,26 @@ export class TaskQueue {
     /** Called with a batch's outcomes once it is committed, before its submits resolve (see Store). */
     onCommitted: (outcomes: readonly SubmitOutcome[]) => void,
   ) {
-    this.batcher = new Batcher((tasks) =>
-      store.submitBatch(
-        tasks,
-        {
-          queueCapacity: options.taskQueueCapacity,
-          maxTasksPerUser: options.maxTasksPerUser,
-        },
-        onCommitted,
-      ),
-    );
+    this.batcher = new Batcher(async (tasks, committed) => {
+      const limits = { queueCapacity: options.taskQueueCapacity, maxTasksPerUser: options.maxTasksPerUser };
+      try {
+        return await store.submitBatch(tasks, limits, (outcomes) => {
+          this.answerPending = true;
+          onCommitted(outcomes);
+          committed();
+        });
+      } finally {
+        this.answerPending = false;
+      }
+    });
   }
 
   /**
    * Commits the submissions waiting for their group commit now (still one transaction). The lease loop
    * calls it before leasing, so a task submitted just before a lease is considered by that lease: an
    * urgent task submitted while slots free up is leased ahead of the low ones that would refill them,
-   * instead of one wave later.
+   * instead of one wave later. Resolves once they are committed: on a store that makes a commit
+   * durable after it, the lease does not wait for that (their submits do).
    */
   async flushSubmits(): Promise<void> {
     if (this.batcher.waiting > 0) await this.batcher.flushNow();

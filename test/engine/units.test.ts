@@ -107,6 +107,42 @@ describe('Batcher (group commit)', () => {
     expect(batches).toEqual([[1, 2, 3, 4]]);
   });
 
+  it('flushNow resolves once the write reports its batch committed; the callers, once it is written', async () => {
+    let finish = () => {};
+    let markCommitted = () => {};
+    const batcher = new Batcher<number, number>((items, committed) => {
+      markCommitted = committed;
+      return new Promise((resolve) => {
+        finish = () => resolve(items);
+      });
+    });
+    let answered = false;
+    const pushed = batcher.push(1).then(() => {
+      answered = true;
+    });
+    let flushed = false;
+    const flush = batcher.flushNow().then(() => {
+      flushed = true;
+    });
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    expect(flushed).toBe(false);
+    markCommitted();
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    expect(flushed).toBe(true);
+    expect(answered).toBe(false);
+    finish();
+    await Promise.all([flush, pushed]);
+    // A write that never reports a commit: flushNow resolves when it ends.
+    const plain = new Batcher<number, number>(async (items) => items);
+    let written = false;
+    const second = plain.push(2).then(() => {
+      written = true;
+    });
+    await plain.flushNow();
+    expect(written).toBe(true);
+    await second;
+  });
+
   it('rejects every caller of a failed batch', async () => {
     const batcher = new Batcher<number, number>(async () => {
       throw new Error('disk full');

@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AgentManager } from '../../src/engine/manager.js';
+import { LEASE_AHEAD_OF_ANSWER } from '../../src/engine/processor.js';
 import { SqliteStore, SYNC_DELAY_MS } from '../../src/store/sqlite.js';
 import { WalSync } from '../../src/store/wal-sync.js';
 import { storeLeaseRequest, T0, storeTask as task } from '../support/store.js';
@@ -308,5 +309,83 @@ describe('the engine on the SQLite store', () => {
     await manager.submit({ task_type: 'Echo', description: 'c' });
     expect(order.slice(0, 2)).toEqual(['started c', 'sync']);
     expect(onThread).toHaveBeenCalledTimes(2);
+  });
+
+  /**
+   * A manager on a fresh store (started unless `started` is false); `flushes()` records the WAL flushes
+   * of acknowledged writes in `order` from then on.
+   */
+  async function engine(maxConcurrentTasks: number, started = true) {
+    const { store } = openStore();
+    // No safety poll within a test: only the engine's own wake-ups lease.
+    const manager = new AgentManager({ store, maxConcurrentTasks, pollIntervalMs: 600_000 });
+    if (started) await manager.start();
+    cleanups.push(() => manager.stop());
+    const order: string[] = [];
+    const flushes = () =>
+      vi.spyOn(fs, 'fdatasyncSync').mockImplementation(() => {
+        order.push('sync');
+      });
+    return { manager, order, flushes };
+  }
+
+  it('when the lease loop commits waiting submits itself, it leases them before their sync', async () => {
+    const { manager, order, flushes } = await engine(4);
+    manager.handle('Echo', async (t) => {
+      order.push(`started ${t.description}`);
+    });
+    flushes();
+    const submitted = manager.submit({ task_type: 'Echo', description: 'd' });
+    // Registering a type wakes the loop now: its lease flushes the waiting submit before the group
+    // commit's own turn comes.
+    manager.handle('Other', async () => undefined);
+    await submitted;
+    expect(order).toEqual(['started d', 'sync']);
+  });
+
+  it('a commit ends the loop’s yield between full batches: the new task starts before its sync', async () => {
+    const { manager, order, flushes } = await engine(200, false);
+    const held: (() => void)[] = [];
+    cleanups.push(() => {
+      for (const release of held) release();
+    });
+    let submitted: Promise<unknown> | null = null;
+    manager.handle('Hold', async (t) => {
+      // The first task of the backlog submits an urgent one while the loop is leasing (a full batch).
+      if (t.description === 'hold 0') {
+        flushes();
+        submitted = manager.submit({ task_type: 'Echo', description: 'urgent', priority: 'urgent' });
+      }
+      await new Promise<void>((resolve) => held.push(resolve));
+    });
+    manager.handle('Echo', async (t) => {
+      order.push(`started ${t.description}`);
+    });
+    // More than one lease batch, queued before the loop starts.
+    await Promise.all(
+      Array.from({ length: 100 }, (_, i) =>
+        manager.submit({ task_type: 'Hold', description: `hold ${i}`, priority: 'low' }),
+      ),
+    );
+    await manager.start();
+    await waitFor(() => submitted !== null, 'the first held task to submit');
+    await submitted;
+    expect(order.slice(0, 2)).toEqual(['started urgent', 'sync']);
+  });
+
+  it(`starts at most ${LEASE_AHEAD_OF_ANSWER} tasks of a committed batch before its sync, the rest after`, async () => {
+    const { manager, order, flushes } = await engine(50);
+    manager.handle('Echo', async (t) => {
+      order.push(`started ${t.description}`);
+    });
+    flushes();
+    const names = Array.from({ length: 10 }, (_, i) => `t${i}`);
+    await Promise.all(names.map((name) => manager.submit({ task_type: 'Echo', description: name })));
+    await waitFor(() => order.length === 11, 'all ten started and one sync');
+    const ahead = names.slice(0, LEASE_AHEAD_OF_ANSWER).map((name) => `started ${name}`);
+    expect(order.slice(0, LEASE_AHEAD_OF_ANSWER + 1)).toEqual([...ahead, 'sync']);
+    expect(order.slice(LEASE_AHEAD_OF_ANSWER + 1).sort()).toEqual(
+      names.slice(LEASE_AHEAD_OF_ANSWER).map((name) => `started ${name}`),
+    );
   });
 });
