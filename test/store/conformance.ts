@@ -380,6 +380,15 @@ export function describeStoreConformance(
         await expectQueued(0);
         for (const leased of done) await settle(leased, { kind: 'succeeded', resultJson: null }, T0 + 8000);
         await expectQueued(0);
+        // Every status count, in all and per user, agrees with the tasks themselves.
+        for (const userId of [null, 'alice', 'probe']) {
+          const rows = await store.listTasks({ userId, limit: 500 });
+          expect(rows.nextCursor).toBeNull();
+          const fromRows: Record<string, number> = {};
+          for (const t of rows.tasks) fromRows[t.status] = (fromRows[t.status] ?? 0) + 1;
+          const counted = Object.entries(await store.countTasks(userId)).filter(([, n]) => n !== 0);
+          expect(Object.fromEntries(counted), `counts of ${userId ?? 'everyone'}`).toEqual(fromRows);
+        }
       });
     });
 
