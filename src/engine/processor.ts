@@ -243,18 +243,21 @@ export class QueueProcessor {
     while (this.leasing) {
       this.wakePending = false;
       let leasedAll = false;
-      // Submissions waiting for their group commit go first, so this lease ranks them too.
-      if (slots.available > 0) await this.deps.flushSubmits();
       if (slots.available > 0) {
-        // At most LEASE_BATCH per lease (LEASE_AHEAD_OF_ANSWER while a submit's answer waits); a full
-        // batch loops at once for the rest. Of the headroom, only what the slots left free after this
-        // batch do not already keep is asked of this batch.
+        // At most LEASE_BATCH per lease; a full batch loops at once for the rest. Of the headroom, only
+        // what the slots left free after this batch do not already keep is asked of this batch.
         const free = slots.available;
-        const batch = this.deps.submitAnswerPending() ? LEASE_AHEAD_OF_ANSWER : LEASE_BATCH;
-        const reserved = slots.reserve(Math.min(free, batch));
-        const headroom = { low: Math.max(0, this.headroom.low - (free - reserved)) };
+        let reserved = slots.reserve(Math.min(free, LEASE_BATCH));
         let leased: LeasedTask[] = [];
         try {
+          // Submissions waiting for their group commit go first, so this lease ranks them too.
+          await this.deps.flushSubmits();
+          // While their answer waits for the store's sync, only the first few start ahead of it.
+          if (this.deps.submitAnswerPending() && reserved > LEASE_AHEAD_OF_ANSWER) {
+            slots.releaseQuietly(reserved - LEASE_AHEAD_OF_ANSWER);
+            reserved = LEASE_AHEAD_OF_ANSWER;
+          }
+          const headroom = { low: Math.max(0, this.headroom.low - (free - reserved)) };
           leased = await store.leaseBatch({
             owner: instanceId,
             limit: reserved,

@@ -32,7 +32,8 @@ export class TaskQueue {
   private readonly batcher: Batcher<NewTask, SubmitOutcome>;
   /**
    * True while a committed batch waits for its answer: on a store that makes a commit durable after it
-   * (SQLite's WAL flush), between the commit and the flush. One batch is written at a time.
+   * (SQLite's WAL flush), between the commit and the flush; never on one whose commit is durable
+   * (PostgreSQL). One batch is written at a time.
    */
   answerPending = false;
 
@@ -48,8 +49,8 @@ export class TaskQueue {
     this.batcher = new Batcher(async (tasks, committed) => {
       const limits = { queueCapacity: options.taskQueueCapacity, maxTasksPerUser: options.maxTasksPerUser };
       try {
-        return await store.submitBatch(tasks, limits, (outcomes) => {
-          this.answerPending = true;
+        return await store.submitBatch(tasks, limits, (outcomes, syncFollows) => {
+          this.answerPending = syncFollows;
           onCommitted(outcomes);
           committed();
         });

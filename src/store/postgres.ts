@@ -719,10 +719,10 @@ export class PostgresStore implements Store {
   async submitBatch(
     tasks: readonly NewTask[],
     limits: AdmissionLimits,
-    onCommitted?: (outcomes: readonly SubmitOutcome[]) => void,
+    onCommitted?: (outcomes: readonly SubmitOutcome[], syncFollows: boolean) => void,
   ): Promise<SubmitOutcome[]> {
     if (tasks.length === 0) {
-      onCommitted?.([]);
+      onCommitted?.([], false);
       return [];
     }
     // agentfleet_submit_v1 serialises admission across processes under the admission lock, so capacity
@@ -748,7 +748,7 @@ export class PostgresStore implements Store {
       }
     });
     // The statement's commit is durable (synchronous_commit): committed and synced are one moment.
-    onCommitted?.(outcomes);
+    onCommitted?.(outcomes, false);
     return outcomes;
   }
 

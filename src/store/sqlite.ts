@@ -555,9 +555,12 @@ export class SqliteStore implements Store {
    * runs on the event loop: measured against libuv's pool, the pool's round trip cost more than it
    * freed (W1 with 50 callers -18 to -45 %, H -12 %).
    */
-  private async writeDurable<T>(fn: () => T, onCommitted?: (result: T) => void): Promise<T> {
+  private async writeDurable<T>(
+    fn: () => T,
+    onCommitted?: (result: T, syncFollows: boolean) => void,
+  ): Promise<T> {
     const result = this.write(fn);
-    onCommitted?.(result);
+    onCommitted?.(result, this.wal !== null);
     if (this.wal === null) return result;
     const synced = this.syncCommitted(this.wal);
     // `close` waits for it: the commit is in the WAL, and only its sync makes it durable.
@@ -695,7 +698,7 @@ export class SqliteStore implements Store {
   async submitBatch(
     tasks: readonly NewTask[],
     limits: AdmissionLimits,
-    onCommitted?: (outcomes: readonly SubmitOutcome[]) => void,
+    onCommitted?: (outcomes: readonly SubmitOutcome[], syncFollows: boolean) => void,
   ): Promise<SubmitOutcome[]> {
     return this.writeDurable(() => {
       // Counted once per batch and carried forward, so a batch of n costs n inserts, not n counts.

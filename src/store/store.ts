@@ -282,12 +282,13 @@ export interface Store {
    * transaction is committed, before the promise resolves. A store that commits before it syncs
    * (SQLite: the WAL is synced after the commit, see WalSync) calls it between the two, when the tasks
    * can already be leased: the engine starts a task while its submitter waits for the sync. A task may
-   * thus start before its submit is acknowledged, never before it is committed.
+   * thus start before its submit is acknowledged, never before it is committed. `syncFollows` says
+   * whether the store still has that sync to do before it resolves.
    */
   submitBatch(
     tasks: readonly NewTask[],
     limits: AdmissionLimits,
-    onCommitted?: (outcomes: readonly SubmitOutcome[]) => void,
+    onCommitted?: (outcomes: readonly SubmitOutcome[], syncFollows: boolean) => void,
   ): Promise<SubmitOutcome[]>;
 
   /** Leases up to `limit` eligible tasks in one transaction, in priority-key order (see LeaseRequest). */

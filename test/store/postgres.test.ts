@@ -164,10 +164,14 @@ describe('PostgresStore specifics', () => {
     );
     expect(versions.map((r) => r.version)).toEqual(POSTGRES_MIGRATIONS.map((m) => m.version));
     // Alice has 3 of 4: one more is accepted, the next refused; then the queue (4 of 5) takes one more.
-    const outcomes = await store.submitBatch([task('new-1'), task('new-2')], {
-      queueCapacity: 100,
-      maxTasksPerUser: 4,
-    });
+    const follows: boolean[] = [];
+    const outcomes = await store.submitBatch(
+      [task('new-1'), task('new-2')],
+      { queueCapacity: 100, maxTasksPerUser: 4 },
+      // Its commit is durable: nothing follows it before the answer.
+      (_, syncFollows) => follows.push(syncFollows),
+    );
+    expect(follows).toEqual([false]);
     expect(outcomes.map((o) => o.ok)).toEqual([true, false]);
     const refused = outcomes[1];
     if (refused && !refused.ok) expect(refused.error).toBeInstanceOf(UserTaskLimitError);

@@ -180,8 +180,8 @@ describe('SqliteStore durability', () => {
       order.push('sync');
     });
     const outcomes = await store
-      .submitBatch([task('t1'), task('t2')], LIMITS, (committed) => {
-        order.push(`committed ${committed.length}`);
+      .submitBatch([task('t1'), task('t2')], LIMITS, (committed, syncFollows) => {
+        order.push(`committed ${committed.length}, sync follows: ${syncFollows}`);
         void store.leaseBatch(leaseRequestOf(5)).then((leased) => order.push(`leased ${leased.length}`));
       })
       .then((result) => {
@@ -189,7 +189,7 @@ describe('SqliteStore durability', () => {
         return result;
       });
     expect(outcomes.map((o) => o.ok)).toEqual([true, true]);
-    expect(order).toEqual(['committed 2', 'leased 2', 'sync', 'resolved']);
+    expect(order).toEqual(['committed 2, sync follows: true', 'leased 2', 'sync', 'resolved']);
     expect(onThread).toHaveBeenCalledTimes(1);
     expect(pooled).not.toHaveBeenCalled();
   });
@@ -271,7 +271,9 @@ describe('SqliteStore durability', () => {
     const { store } = openStore({ synchronous: 'normal' });
     const pooled = vi.spyOn(fs, 'fdatasync');
     const onThread = vi.spyOn(fs, 'fdatasyncSync');
-    await store.submitBatch([task('t1')], LIMITS);
+    const follows: boolean[] = [];
+    await store.submitBatch([task('t1')], LIMITS, (_, syncFollows) => follows.push(syncFollows));
+    expect(follows).toEqual([false]);
     await store.submitBatch([task('t2'), task('t3')], LIMITS);
     await store.leaseBatch(leaseRequestOf(3));
     await store.close();
@@ -315,8 +317,8 @@ describe('the engine on the SQLite store', () => {
    * A manager on a fresh store (started unless `started` is false); `flushes()` records the WAL flushes
    * of acknowledged writes in `order` from then on.
    */
-  async function engine(maxConcurrentTasks: number, started = true) {
-    const { store } = openStore();
+  async function engine(maxConcurrentTasks: number, started = true, synchronous: 'full' | 'normal' = 'full') {
+    const { store } = openStore({ synchronous });
     // No safety poll within a test: only the engine's own wake-ups lease.
     const manager = new AgentManager({ store, maxConcurrentTasks, pollIntervalMs: 600_000 });
     if (started) await manager.start();
