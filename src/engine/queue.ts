@@ -30,12 +30,7 @@ export const MAX_IDEMPOTENCY_KEY_LENGTH = 255;
  */
 export class TaskQueue {
   private readonly batcher: Batcher<NewTask, SubmitOutcome>;
-  /**
-   * True while a committed batch waits for its answer: on a store that makes a commit durable after it
-   * (SQLite's WAL flush), between the commit and the flush; never on one whose commit is durable
-   * (PostgreSQL). One batch is written at a time.
-   */
-  answerPending = false;
+  private syncing = false;
 
   constructor(
     store: Store,
@@ -50,12 +45,12 @@ export class TaskQueue {
       const limits = { queueCapacity: options.taskQueueCapacity, maxTasksPerUser: options.maxTasksPerUser };
       try {
         return await store.submitBatch(tasks, limits, (outcomes, syncFollows) => {
-          this.answerPending = syncFollows;
+          this.syncing = syncFollows;
           onCommitted(outcomes);
           committed();
         });
       } finally {
-        this.answerPending = false;
+        this.syncing = false;
       }
     });
   }
@@ -69,6 +64,15 @@ export class TaskQueue {
    */
   async flushSubmits(): Promise<void> {
     if (this.batcher.waiting > 0) await this.batcher.flushNow();
+  }
+
+  /**
+   * True while a committed batch waits for its answer: on a store that makes a commit durable after it
+   * (SQLite's WAL flush), between the commit and the flush; never on one whose commit is durable
+   * (PostgreSQL). One batch is written at a time.
+   */
+  get answerPending(): boolean {
+    return this.syncing;
   }
 
   /** Validates and durably enqueues a task for `userId`; throws the admission error on refusal. */
