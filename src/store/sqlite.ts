@@ -3,9 +3,10 @@
  * acknowledged write (a submit, a cancel, a requeue, a checkpoint) is committed and its WAL synced
  * before it returns; the store does the sync itself, after the commit (see WalSync, writeDurable), so
  * SQLite runs with `synchronous = NORMAL`. Leases, settles and heartbeats acknowledge nothing to a
- * client: their commits are synced within SYNC_DELAY_MS, off the event loop (see writeRelaxed). Every method that changes rows runs in one `BEGIN IMMEDIATE` transaction, which takes
- * the write lock up front: two processes (or two instances) on the same file serialise instead of
- * failing half-way with SQLITE_BUSY.
+ * client: their commits are synced within SYNC_DELAY_MS, off the event loop (see writeRelaxed). Every
+ * method that changes rows runs in one `BEGIN IMMEDIATE` transaction, which takes the write lock up
+ * front: two processes (or two instances) on the same file serialise instead of failing half-way with
+ * SQLITE_BUSY.
  *
  * All SQL of the store lives here and in sqlite-migrations.ts. Statements are prepared once.
  */

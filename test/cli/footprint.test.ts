@@ -20,7 +20,7 @@ describe('what a served fleet loads', () => {
       );
     });
     const { before, after } = JSON.parse(stdout) as { before: string[]; after: string[] };
-    // Listening on SQLite: the web framework and the driver, and no HTTP client (about 20 MB resident).
+    // Listening on SQLite: the web framework and the driver, and no HTTP client (5–9 MB resident).
     expect(before).toContain('fastify');
     expect(before).toContain('better-sqlite3');
     expect(before).not.toContain('undici');
