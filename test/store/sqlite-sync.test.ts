@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AgentManager } from '../../src/engine/manager.js';
 import { LEASE_AHEAD_OF_ANSWER } from '../../src/engine/processor.js';
-import { SqliteStore, SYNC_DELAY_MS } from '../../src/store/sqlite.js';
+import { QUIET_CHECKPOINT_COMMITS, QUIET_MS, SqliteStore, SYNC_DELAY_MS } from '../../src/store/sqlite.js';
 import { WalSync } from '../../src/store/wal-sync.js';
 import { storeLeaseRequest, T0, storeTask as task } from '../support/store.js';
 import { waitFor } from '../support/wait.js';
@@ -77,6 +77,22 @@ function openStore(options?: { synchronous?: 'full' | 'normal' }): { store: Sqli
   const store = SqliteStore.open(file, options);
   cleanups.push(() => store.close());
   return { store, wal: `${file}-wal` };
+}
+
+/**
+ * Frames in the WAL and how many of them a checkpoint has copied into the database file, as the
+ * wal-index (`-shm`) records them: `mxFrame` at byte 16 of its header, `nBackfill` at byte 96 (SQLite's
+ * WAL format, native byte order).
+ */
+function walFrames(wal: string): { written: number; copied: number } {
+  const header = Buffer.alloc(100);
+  const fd = fs.openSync(`${wal.replace(/-wal$/, '')}-shm`, 'r');
+  try {
+    fs.readSync(fd, header, 0, 100, 0);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return { written: header.readUInt32LE(16), copied: header.readUInt32LE(96) };
 }
 
 /** An I/O error as `fs` reports it. */
@@ -265,6 +281,30 @@ describe('SqliteStore durability', () => {
     expect(onThread).not.toHaveBeenCalled();
     vi.advanceTimersByTime(10 * SYNC_DELAY_MS);
     expect(pooled).toHaveBeenCalledTimes(1);
+  });
+
+  it(`checkpoints the WAL ${QUIET_MS} ms after the last write once ${QUIET_CHECKPOINT_COMMITS} commits have been made, never between writes`, async () => {
+    const { store, wal } = openStore();
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    // Each heartbeat writes the process's entry: one commit with a changed page.
+    const instance = { host: 'h', pid: 1, startedAtMs: T0, slotsInUse: 0, maxSlots: 1 };
+    const beat = (i: number) => store.heartbeat('p', T0 + i, 30_000, instance);
+    for (let i = 1; i < QUIET_CHECKPOINT_COMMITS; i++) await beat(i);
+    vi.advanceTimersByTime(50 * QUIET_MS);
+    expect(walFrames(wal).copied).toBeLessThan(walFrames(wal).written);
+    // The commit that reaches the count arms the checkpoint; a write within each QUIET_MS puts it off.
+    await beat(QUIET_CHECKPOINT_COMMITS);
+    for (let i = 1; i <= 5; i++) {
+      await beat(QUIET_CHECKPOINT_COMMITS + i);
+      vi.advanceTimersByTime(QUIET_MS);
+      expect(walFrames(wal).copied).toBeLessThan(walFrames(wal).written);
+    }
+    vi.advanceTimersByTime(QUIET_MS);
+    expect(walFrames(wal).copied).toBe(walFrames(wal).written);
+    // The count starts again: a quiet moment after a few more writes leaves them in the WAL.
+    for (let i = 6; i <= 10; i++) await beat(QUIET_CHECKPOINT_COMMITS + i);
+    vi.advanceTimersByTime(50 * QUIET_MS);
+    expect(walFrames(wal).copied).toBeLessThan(walFrames(wal).written);
   });
 
   it('with durability normal, never syncs', async () => {
