@@ -48,18 +48,31 @@ describe('three serve processes on one PostgreSQL database', () => {
     const submitting = c.track(submitAll(() => c.nodes, tasks, { concurrency: 24 }));
 
     // Kill the victim mid-run while it holds leases: once a third of the work is done, as soon as the
-    // database shows it running several tasks.
+    // database shows it running several tasks. Its tasks take 20 ms, so it is stopped (SIGSTOP) first
+    // and killed only if the leases it holds stay put: otherwise they could all be settled between
+    // the read and the kill, and there would be nothing to take back.
     let heldAtKill = 0;
     let doneAtKill = 0;
+    const counts = async () => {
+      const [row] = await c.sql<{ held: number; done: number }[]>`SELECT
+          count(*) FILTER (WHERE status = 'running' AND lease_owner = ${victim.instanceId})::int AS held,
+          count(*) FILTER (WHERE status = 'succeeded')::int AS done
+        FROM tasks`;
+      return { held: row?.held ?? 0, done: row?.done ?? 0 };
+    };
     await waitFor(
       async () => {
-        const [row] = await c.sql<{ held: number; done: number }[]>`SELECT
-            count(*) FILTER (WHERE status = 'running' AND lease_owner = ${victim.instanceId})::int AS held,
-            count(*) FILTER (WHERE status = 'succeeded')::int AS done
-          FROM tasks`;
-        heldAtKill = row?.held ?? 0;
-        doneAtKill = row?.done ?? 0;
-        return doneAtKill >= TASKS / 3 && heldAtKill >= 3;
+        const seen = await counts();
+        if (seen.done < TASKS / 3 || seen.held < 3) return false;
+        victim.signal('SIGSTOP');
+        // A settle it sent before it stopped may still commit: read until two reads agree.
+        let before = await counts();
+        for (let after = await counts(); after.held !== before.held; after = await counts()) before = after;
+        heldAtKill = before.held;
+        doneAtKill = before.done;
+        if (heldAtKill > 0) return true;
+        victim.signal('SIGCONT');
+        return false;
       },
       'the victim to hold leases',
       120_000,
