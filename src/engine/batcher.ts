@@ -34,6 +34,11 @@ export class Batcher<I, O> {
     return this.pending.length;
   }
 
+  /** True while nothing waits and no batch is being written. */
+  get quiet(): boolean {
+    return this.pending.length === 0 && this.flushing === null && !this.scheduled;
+  }
+
   /** Adds an item to the next batch and resolves with its output once that batch is written. */
   push(item: I): Promise<O> {
     return new Promise<O>((resolve, reject) => {

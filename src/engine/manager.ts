@@ -155,6 +155,7 @@ export class AgentManager {
       instance: { host: this.options.instanceHost, pid: process.pid, startedAtMs: this.startedAtMs },
       flushSubmits: () => this.queue.flushSubmits(),
       submitAnswerPending: () => this.queue.answerPending,
+      submitsQuiet: () => this.queue.quiet,
     });
     this.monitor = new HealthRecoveryMonitor(store, this.options, this.events, () => this.processor.wake());
     this.breakers.onTransition((t) => {

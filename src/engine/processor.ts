@@ -42,6 +42,8 @@ export interface ProcessorDeps {
   flushSubmits: () => Promise<void>;
   /** True while a committed submit batch waits for its answer (see `TaskQueue.answerPending`). */
   submitAnswerPending: () => boolean;
+  /** True while no submission waits for its commit or its answer (see `TaskQueue.quiet`). */
+  submitsQuiet: () => boolean;
 }
 
 interface RunningTask {
@@ -297,6 +299,9 @@ export class QueueProcessor {
       // each read below is a round trip, and a submit waiting behind them waits that much longer.
       if (this.wakePending) continue;
       const runAt = await this.idleRunAt();
+      if (this.wakePending) continue;
+      // Nothing runs and nothing waits to be written: the store's moment for its upkeep.
+      if (this.running.size === 0 && this.settler.quiet && this.deps.submitsQuiet()) store.idle?.();
       await this.waitForWake(this.nextWakeAt(runAt) - clock.now());
     }
   }

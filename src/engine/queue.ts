@@ -66,6 +66,11 @@ export class TaskQueue {
     if (this.batcher.waiting > 0) await this.batcher.flushNow();
   }
 
+  /** True while no submission waits for its group commit and no batch is being written or answered. */
+  get quiet(): boolean {
+    return this.batcher.quiet;
+  }
+
   /**
    * True while a committed batch waits for its answer: on a store that makes a commit durable after it
    * (SQLite's WAL flush), between the commit and the flush; never on one whose commit is durable

@@ -413,6 +413,13 @@ export interface Store {
    */
   onWake?(listener: () => void): () => void;
 
+  /**
+   * Optional: the engine has nothing to do (no task runs, no write waits), a moment for the store's
+   * own upkeep that would otherwise delay a write (SQLite: its WAL checkpoint). Runs on the caller's
+   * thread; must not throw.
+   */
+  idle?(): void;
+
   /** Closes connections and files. Idempotent. */
   close(): Promise<void>;
 }

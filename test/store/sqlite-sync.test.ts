@@ -11,8 +11,8 @@ import { AgentManager } from '../../src/engine/manager.js';
 import { LEASE_AHEAD_OF_ANSWER } from '../../src/engine/processor.js';
 import { QUIET_CHECKPOINT_COMMITS, QUIET_MS, SqliteStore, SYNC_DELAY_MS } from '../../src/store/sqlite.js';
 import { WalSync } from '../../src/store/wal-sync.js';
-import { storeLeaseRequest, T0, storeTask as task } from '../support/store.js';
-import { waitFor } from '../support/wait.js';
+import { overriding, storeLeaseRequest, T0, storeTask as task } from '../support/store.js';
+import { gate, waitFor } from '../support/wait.js';
 
 const LIMITS = { queueCapacity: 1000, maxTasksPerUser: 1000 };
 
@@ -77,6 +77,23 @@ function openStore(options?: { synchronous?: 'full' | 'normal' }): { store: Sqli
   const store = SqliteStore.open(file, options);
   cleanups.push(() => store.close());
   return { store, wal: `${file}-wal` };
+}
+
+/**
+ * Commits that each add a process's entry of 2 KB (`beat`), so that a hundred of them need new pages,
+ * and the size of the database file. Until a checkpoint copies them in, pages written since the file
+ * was created are in the WAL only: the database file grows at a checkpoint.
+ */
+function growingWrites(
+  store: SqliteStore,
+  wal: string,
+): { size: () => number; beat: () => Promise<unknown> } {
+  const instance = { host: 'h'.repeat(2000), pid: 1, startedAtMs: T0, slotsInUse: 0, maxSlots: 1 };
+  let beats = 0;
+  return {
+    size: () => fs.statSync(wal.replace(/-wal$/, '')).size,
+    beat: () => store.heartbeat(`p${++beats}`, T0 + beats, 30_000, instance),
+  };
 }
 
 /** An I/O error as `fs` reports it. */
@@ -270,13 +287,7 @@ describe('SqliteStore durability', () => {
   it(`checkpoints the WAL ${QUIET_MS} ms after the last write once ${QUIET_CHECKPOINT_COMMITS} commits have been made, never between writes`, async () => {
     const { store, wal } = openStore();
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
-    // Until a checkpoint copies them in, the pages written since the file was created are in the WAL
-    // only: the database file grows at a checkpoint. Each heartbeat adds a process's entry (of 2 KB, so
-    // that a hundred of them need new pages).
-    const size = () => fs.statSync(wal.replace(/-wal$/, '')).size;
-    const instance = { host: 'h'.repeat(2000), pid: 1, startedAtMs: T0, slotsInUse: 0, maxSlots: 1 };
-    let beats = 0;
-    const beat = () => store.heartbeat(`p${++beats}`, T0 + beats, 30_000, instance);
+    const { size, beat } = growingWrites(store, wal);
     const created = size();
     for (let i = 1; i < QUIET_CHECKPOINT_COMMITS; i++) await beat();
     vi.advanceTimersByTime(50 * QUIET_MS);
@@ -298,6 +309,24 @@ describe('SqliteStore durability', () => {
     await beat();
     vi.advanceTimersByTime(QUIET_MS);
     expect(size()).toBeGreaterThan(checkpointed);
+  });
+
+  it(`checkpoints at once when the engine says it is idle, once ${QUIET_CHECKPOINT_COMMITS} commits have been made`, async () => {
+    const { store, wal } = openStore();
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const { size, beat } = growingWrites(store, wal);
+    const created = size();
+    for (let i = 1; i < QUIET_CHECKPOINT_COMMITS; i++) await beat();
+    store.idle();
+    expect(size()).toBe(created);
+    await beat();
+    store.idle();
+    const checkpointed = size();
+    expect(checkpointed).toBeGreaterThan(created);
+    // The quiet timer the last commit armed finds the checkpoint done and copies nothing more.
+    await beat();
+    vi.advanceTimersByTime(50 * QUIET_MS);
+    expect(size()).toBe(checkpointed);
   });
 
   it('with durability normal, never syncs', async () => {
@@ -422,5 +451,38 @@ describe('the engine on the SQLite store', () => {
     expect(order.slice(LEASE_AHEAD_OF_ANSWER + 1).sort()).toEqual(
       names.slice(LEASE_AHEAD_OF_ANSWER).map((name) => `started ${name}`),
     );
+  });
+
+  it('tells the store it is idle only when no task runs and no write waits', async () => {
+    const { store } = openStore();
+    const aRunning = { now: false };
+    const idleCalls: boolean[] = [];
+    const watched = overriding(store, { idle: () => idleCalls.push(aRunning.now) });
+    const manager = new AgentManager({ store: watched, maxConcurrentTasks: 2, pollIntervalMs: 600_000 });
+    cleanups.push(() => manager.stop());
+    const hold = gate();
+    const done: string[] = [];
+    manager.handle('Hold', async () => {
+      aRunning.now = true;
+      await hold.promise;
+      aRunning.now = false;
+    });
+    manager.handle('Echo', async (t) => {
+      done.push(t.description);
+    });
+    manager.subscribe((event) => {
+      if (event.type === 'task.succeeded') done.push(`settled ${event.task_id}`);
+    });
+    await manager.start();
+    const a = await manager.submit({ task_type: 'Hold', description: 'a' });
+    await waitFor(() => aRunning.now, 'a to start');
+    // b runs and settles beside a; the loop then waits with a still running.
+    const b = await manager.submit({ task_type: 'Echo', description: 'b' });
+    await waitFor(() => done.includes(`settled ${b.id}`), 'b to settle');
+    const whileRunning = idleCalls.length;
+    hold.open();
+    await waitFor(() => done.includes(`settled ${a.id}`), 'a to settle');
+    await waitFor(() => idleCalls.length > whileRunning, 'the loop to go idle');
+    expect(idleCalls.every((running) => !running)).toBe(true);
   });
 });
