@@ -90,7 +90,7 @@ import type {
   TaskPage,
   TypeStats,
 } from './store.js';
-import { SPEC_BREAKER_RULES } from './store.js';
+import { NO_ADMISSION_LIMITS, rehearsal, SPEC_BREAKER_RULES } from './store.js';
 import { DEFAULT_POSTGRES_POOL_SIZE, DEFAULT_POSTGRES_WARM_CONNECTIONS } from './tuning.js';
 import {
   decodeCursor,
@@ -510,41 +510,14 @@ export class PostgresStore implements Store {
   private async warmUp(count: number): Promise<void> {
     const rollback = new Error('warm-up rolled back');
     const nowMs = Date.now();
-    const unlimited = { queueCapacity: Number.MAX_SAFE_INTEGER, maxTasksPerUser: Number.MAX_SAFE_INTEGER };
     await Promise.all(
       Array.from({ length: count }, (_, i) => {
-        const id = `warmup_${this.instanceId}_${i}`;
-        const placeholder: NewTask = {
-          id,
-          userId: id,
-          taskType: 'warm-up',
-          description: 'connection warm-up, rolled back',
-          priority: 'urgent',
-          priorityKey: priorityKey('urgent', nowMs),
-          inputJson: null,
-          maxRetries: 0,
-          timeoutMs: null,
-          idempotencyKey: null,
-          createdAtMs: nowMs,
-        };
+        const { task, lease } = rehearsal(`warmup_${this.instanceId}_${i}`, nowMs);
         // Bounded like every transaction of the store: a warm-up left unanswered by a dropped
         // connection fails instead of holding `connect`.
         return this.transaction(async (tx) => {
-          await q.submitTasks(tx, this.submitParams([placeholder], unlimited));
-          await q.leaseTasks(
-            tx,
-            leaseParams({
-              owner: id,
-              limit: 1,
-              nowMs,
-              leaseMs: 1000,
-              excludeTypes: [],
-              typeCaps: {},
-              breakerRules: SPEC_BREAKER_RULES,
-              maxAgentsPerUser: 1,
-              newAgentId: () => id,
-            }),
-          );
+          await q.submitTasks(tx, this.submitParams([task], NO_ADMISSION_LIMITS));
+          await q.leaseTasks(tx, leaseParams(lease));
           this.warmed++;
           throw rollback;
         }).catch(() => undefined);

@@ -174,6 +174,47 @@ export interface HealthRules {
 /** The spec's breaker rules: 5 consecutive failures, 60 s open. */
 export const SPEC_BREAKER_RULES: BreakerRules = { threshold: 5, timeoutMs: 60_000 };
 
+/** Admission limits that refuse nothing. */
+export const NO_ADMISSION_LIMITS: AdmissionLimits = {
+  queueCapacity: Number.MAX_SAFE_INTEGER,
+  maxTasksPerUser: Number.MAX_SAFE_INTEGER,
+};
+
+/**
+ * A placeholder task and a lease that takes it first, for a store's warm-up: submitted, leased (and
+ * settled) once in a transaction that is rolled back, so that the first real ones do not pay for code
+ * or query plans used for the first time. `id` names the task, its user, its agent and the lease owner.
+ */
+export function rehearsal(id: string, nowMs: number): { task: NewTask; lease: LeaseRequest } {
+  return {
+    task: {
+      id,
+      userId: id,
+      taskType: 'warm-up',
+      description: 'warm-up, rolled back',
+      priority: 'urgent',
+      // Ahead of every real task, so the lease of one takes it.
+      priorityKey: Number.MAX_SAFE_INTEGER - 1,
+      inputJson: null,
+      maxRetries: 0,
+      timeoutMs: null,
+      idempotencyKey: null,
+      createdAtMs: nowMs,
+    },
+    lease: {
+      owner: id,
+      limit: 1,
+      nowMs,
+      leaseMs: 1000,
+      excludeTypes: [],
+      typeCaps: {},
+      breakerRules: SPEC_BREAKER_RULES,
+      maxAgentsPerUser: 1,
+      newAgentId: () => id,
+    },
+  };
+}
+
 /** A task whose lease ran out and that the recovery monitor took back. */
 export interface ReclaimedTask {
   taskId: string;

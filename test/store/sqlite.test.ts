@@ -70,6 +70,44 @@ describe('SqliteStore specifics', () => {
     dir = '';
   });
 
+  it('rehearses a submit, a lease and a settle when it opens, in a transaction rolled back: nothing of it is left', async () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'fleet.db');
+    /** Every row of every table (but the marker each open rewrites), read by a connection of its own. */
+    const dump = () => {
+      const db = new Database(file, { readonly: true });
+      try {
+        const tables = db
+          .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name <> 'sync_marker' ORDER BY name",
+          )
+          .pluck()
+          .all() as string[];
+        return Object.fromEntries(tables.map((t) => [t, db.prepare(`SELECT * FROM "${t}"`).all()]));
+      } finally {
+        db.close();
+      }
+    };
+    const fresh = openStore(file);
+    const empty = dump();
+    expect(empty.tasks).toEqual([]);
+    expect(empty.agents).toEqual([]);
+    expect(empty.attempts).toEqual([]);
+    expect(empty.type_stats).toEqual([]);
+    // Queued work, with an urgent task first in line, is as it was after the next open.
+    await fresh.submitBatch([task('t1'), { ...task('t2'), priority: 'urgent', priorityKey: 9e15 }], {
+      queueCapacity: 10,
+      maxTasksPerUser: 10,
+    });
+    await fresh.close();
+    const before = dump();
+    expect(before.tasks).toHaveLength(2);
+    const reopened = openStore(file);
+    expect(dump()).toEqual(before);
+    const [first] = await reopened.leaseBatch(leaseRequest('p', 1, () => 'agent-1'));
+    expect(first?.task.id).toBe('t2');
+  });
+
   it('creates the parent folder and sets WAL (synced by the store), busy_timeout, foreign keys and a 2 MiB page cache', () => {
     dir = makeTempDir();
     const file = path.join(dir, 'a', 'b', 'agentfleet.db');
