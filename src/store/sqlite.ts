@@ -639,8 +639,10 @@ export class SqliteStore implements Store {
    * write made since it was set, waits QUIET_MS more (cheaper than moving a timer at every write).
    */
   private checkpointWhenQuiet(): void {
-    this.writtenSinceQuietCheck = true;
-    if (this.quietTimer !== null) return;
+    if (this.quietTimer !== null) {
+      this.writtenSinceQuietCheck = true;
+      return;
+    }
     this.writtenSinceQuietCheck = false;
     this.quietTimer = setTimeout(() => {
       this.quietTimer = null;
@@ -657,8 +659,8 @@ export class SqliteStore implements Store {
    * before the next task arrives; the timer would start it a millisecond or two later.
    */
   idle(): void {
-    if (!this.walMode || this.commitsSinceCheckpoint < QUIET_CHECKPOINT_COMMITS) return;
-    if (this.closing || !this.db.open) return;
+    // Commits are counted only in WAL mode.
+    if (this.commitsSinceCheckpoint < QUIET_CHECKPOINT_COMMITS || this.closing || !this.db.open) return;
     try {
       // PASSIVE, as SQLite's own: copies what no reader still needs, never waits for a lock. It syncs
       // the WAL before and the database file after (synchronous = NORMAL), like the automatic one.
