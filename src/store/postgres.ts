@@ -118,6 +118,12 @@ export interface PostgresStoreOptions {
    */
   abandonedWaitMs?: number;
   /**
+   * How long any call may stay unanswered, whether or not a connection closed, before it is given
+   * `abandonedWaitMs` more and then fails with StoreUnavailableError. A last bound for a connection the
+   * client believes open but that never answers; far above any statement's normal time. Default 30 000.
+   */
+  unansweredLimitMs?: number;
+  /**
    * Pool connections opened and warmed before `connect` returns (see `warmUp`; at most `max`). Default 3:
    * a running process keeps about three busy at once (the submit batcher, the lease loop, the settle
    * batcher). 0 opens them on demand, cold.
@@ -146,6 +152,7 @@ const CONFLICT_CODES = new Set(['40001', '40P01', '55P03']);
  * connections). SQLSTATE class 08 (connection exception) is matched by prefix.
  */
 const CONNECTION_CODES = new Set([
+  'AGENTFLEET_UNANSWERED',
   'CONNECTION_CLOSED',
   'CONNECTION_ENDED',
   'CONNECTION_DESTROYED',
@@ -181,6 +188,10 @@ const STARTUP_PADDING = 'x'.repeat(1024);
 const TEXT_ARRAY_OID = 1009;
 /** Default of `abandonedWaitMs`: how long a call may wait unanswered after a connection closed. */
 const ABANDONED_WAIT_MS = 5000;
+/** Default of `unansweredLimitMs`: how long any call may wait unanswered before it is given up on. */
+const UNANSWERED_LIMIT_MS = 30_000;
+/** The code of the error a call fails with once `unansweredLimitMs` has run out (a connection error). */
+const UNANSWERED_CODE = 'AGENTFLEET_UNANSWERED';
 
 /** How an operation talks to the database, which decides what may be retried after an error. */
 type Mode =
@@ -395,22 +406,41 @@ export class PostgresStore implements Store {
   private state: 'open' | 'closing' | 'closed' = 'open';
   private closing: Promise<void> | null = null;
 
-  /** Lone statements waiting for their answer: each entry arms its give-up timer (see `statement`). */
-  private readonly unanswered = new Set<() => void>();
+  /**
+   * Calls waiting for their answer, with when each started (epoch ms): each entry arms its give-up
+   * timer (see `boundedByConnections`).
+   */
+  private readonly unanswered = new Map<(error?: unknown) => void, number>();
   /** When a connection of the pool last closed (epoch ms), or 0. */
   private lastCloseMs = 0;
+  /** Arms the calls unanswered for `unansweredLimitMs`; one timer for every call, not one each. */
+  private readonly sweeper: NodeJS.Timeout;
 
   private constructor(
     private readonly sql: Pool,
     /** The NOTIFY channel of this schema. */
     private readonly channel: string,
     private readonly abandonedWaitMs: number,
-  ) {}
+    unansweredLimitMs: number,
+  ) {
+    this.sweeper = setInterval(
+      () => {
+        const startedBefore = Date.now() - unansweredLimitMs;
+        for (const [arm, startedMs] of this.unanswered) {
+          if (startedMs > startedBefore) continue;
+          const message = `no answer from PostgreSQL in ${unansweredLimitMs + abandonedWaitMs} ms`;
+          arm(Object.assign(new Error(message), { code: UNANSWERED_CODE }));
+        }
+      },
+      Math.max(1, Math.min(1000, Math.floor(unansweredLimitMs / 4))),
+    );
+    this.sweeper.unref();
+  }
 
   /** Called by the client when one of the pool's connections closes (dropped, terminated, idle). */
   private connectionClosed(): void {
     this.lastCloseMs = Date.now();
-    for (const arm of this.unanswered) arm();
+    for (const arm of this.unanswered.keys()) arm();
   }
 
   /**
@@ -431,6 +461,10 @@ export class PostgresStore implements Store {
     const abandonedWaitMs = options.abandonedWaitMs ?? ABANDONED_WAIT_MS;
     if (!Number.isFinite(abandonedWaitMs) || abandonedWaitMs <= 0) {
       throw new ValidationError('abandonedWaitMs', `must be a positive number, got ${abandonedWaitMs}`);
+    }
+    const unansweredLimitMs = options.unansweredLimitMs ?? UNANSWERED_LIMIT_MS;
+    if (!Number.isFinite(unansweredLimitMs) || unansweredLimitMs <= 0) {
+      throw new ValidationError('unansweredLimitMs', `must be a positive number, got ${unansweredLimitMs}`);
     }
     // The store does not exist yet when the client is made; closures before it does arm nothing.
     let onClose = (): void => {};
@@ -481,15 +515,23 @@ export class PostgresStore implements Store {
         },
       },
     });
+    let store: PostgresStore | undefined;
     try {
       const target = schema ?? (await currentSchema(sql));
       await migrate(sql, target, schema !== undefined);
-      const store = new PostgresStore(sql, `agentfleet_wake_${target}`.slice(0, 63), abandonedWaitMs);
-      onClose = () => store.connectionClosed();
+      store = new PostgresStore(
+        sql,
+        `agentfleet_wake_${target}`.slice(0, 63),
+        abandonedWaitMs,
+        unansweredLimitMs,
+      );
+      const opened = store;
+      onClose = () => opened.connectionClosed();
       await store.listen();
       await store.warmUp(Math.min(warmConnections, max));
       return store;
     } catch (error) {
+      if (store) clearInterval(store.sweeper);
       await sql.end({ timeout: 0 });
       if (error instanceof AgentfleetError) throw error;
       if (isConnectionError(error)) {
@@ -655,7 +697,8 @@ export class PostgresStore implements Store {
   /**
    * Runs `work`, failing it as a dropped connection (StoreUnavailableError; a read is tried once more)
    * if it is still unanswered `abandonedWaitMs` after a connection of the pool closed, while it waited
-   * or just before it started. `work` may start that wait itself, with its own error, through `abandon`.
+   * or just before it started, or after it waited `unansweredLimitMs` (the sweeper). `work` may start
+   * that wait itself, with its own error, through `abandon`.
    */
   private async boundedByConnections<T>(work: (abandon: (error: unknown) => void) => Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
@@ -673,7 +716,7 @@ export class PostgresStore implements Store {
       };
     });
     if (this.lastCloseMs > 0 && Date.now() - this.lastCloseMs < this.abandonedWaitMs) arm();
-    this.unanswered.add(arm);
+    this.unanswered.set(arm, Date.now());
     try {
       return await Promise.race([work(arm), abandoned]);
     } finally {
@@ -1179,6 +1222,7 @@ export class PostgresStore implements Store {
     if (this.closing !== null) return this.closing;
     this.state = 'closing';
     this.wakeListeners.clear();
+    clearInterval(this.sweeper);
     this.closing = this.sql.end({ timeout: 5 }).then(() => {
       this.state = 'closed';
     });

@@ -72,6 +72,7 @@ describe('PostgresStore specifics', () => {
       applicationName?: string;
       max?: number;
       abandonedWaitMs?: number;
+      unansweredLimitMs?: number;
       warmConnections?: number;
     } = {},
   ): Promise<PostgresStore> {
@@ -494,6 +495,34 @@ describe('PostgresStore specifics', () => {
     expect(await outcome).toBeInstanceOf(StoreUnavailableError);
     const counts = await eventually(() => store.countTasks(null), 'countTasks after the kill');
     expect(counts.queued).toBe(1);
+  });
+
+  const INSTANCE_BEAT = { host: 'h', pid: 1, startedAtMs: 0, slotsInUse: 0, maxSlots: 1 };
+
+  it('fails a call unanswered for unansweredLimitMs though no connection closed, and keeps working', async () => {
+    schema = freshSchemaName('unanswered');
+    const store = await connect({ abandonedWaitMs: 50, unansweredLimitMs: 200 });
+    await store.submitBatch([task('u0')], LIMITS);
+    // Both kinds of call: neither is ever answered, and no connection of the pool closes.
+    const [lone, tx] = await Promise.all([neverAnswered(store, 'statement'), neverAnswered(store, 'tx')]);
+    for (const outcome of [lone, tx]) {
+      expect(outcome).toBeInstanceOf(StoreUnavailableError);
+      expect((outcome as Error).message).toMatch(/no answer from PostgreSQL in 250 ms/);
+    }
+    // A real statement held by a lock another session keeps: it fails while the lock is still held,
+    // and the store answers once the lock is gone.
+    await withAdminSql(databaseUrl(), async (admin) => {
+      await admin.begin(async (locker) => {
+        await locker`LOCK TABLE ${locker(schema)}.instances IN ACCESS EXCLUSIVE MODE`;
+        const beat = await store.heartbeat('held', Date.now(), 1000, INSTANCE_BEAT).then(
+          () => 'answered',
+          (error: unknown) => error,
+        );
+        expect(beat).toBeInstanceOf(StoreUnavailableError);
+      });
+    });
+    await store.heartbeat('held', Date.now(), 1000, INSTANCE_BEAT);
+    expect((await store.countTasks(null)).queued).toBe(1);
   });
 
   it('after pg_terminate_backend, calls recover or fail with StoreUnavailableError, and nothing committed is lost', async () => {
