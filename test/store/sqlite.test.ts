@@ -6,7 +6,14 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { openStore as openStoreFromSetting } from '../../src/store/open.js';
-import { SqliteStore, type SqliteStoreOptions } from '../../src/store/sqlite.js';
+import {
+  AGENT_COLUMNS,
+  agentRow,
+  candidateRow,
+  LEASE_COLUMNS,
+  SqliteStore,
+  type SqliteStoreOptions,
+} from '../../src/store/sqlite.js';
 import { SQLITE_MIGRATIONS } from '../../src/store/sqlite-migrations.js';
 import type { Store } from '../../src/store/store.js';
 import { storeLeaseRequest as leaseRequest, T0, storeTask as task } from '../support/store.js';
@@ -55,6 +62,19 @@ function runScript(file: string): Promise<{ code: number | null; stderr: string 
 }
 
 describe('SqliteStore specifics', () => {
+  it('makes each raw row of a hot statement an object with every column under its own name', () => {
+    // Row i holds the number i in column i: a converter that reads a column from the wrong place, or
+    // leaves one out, gives an object that differs from the column list.
+    for (const [columns, make] of [
+      [AGENT_COLUMNS, agentRow],
+      [LEASE_COLUMNS, candidateRow],
+    ] as const) {
+      const names = columns.split(',').map((c) => c.trim());
+      const raw = names.map((_, i) => i);
+      expect(make(raw)).toEqual(Object.fromEntries(names.map((name, i) => [name, i])));
+    }
+  });
+
   let dir = '';
   const open: SqliteStore[] = [];
 
