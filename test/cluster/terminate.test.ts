@@ -18,6 +18,12 @@ import { waitFor } from '../support/wait.js';
 
 const databaseUrl = usePostgresUrl();
 const TASKS = 3000;
+/**
+ * Submitted once the first TASKS are all accepted, after the last termination: work that every instance
+ * can only lease if it resumed. Without it, the queue could be drained by the two instances that
+ * reconnected first while the third was still waiting out its lease back-off.
+ */
+const TAIL = 300;
 const CONFIG = { agent_types: { Work: { executor: 'simulate', latency_ms: 20, failure_rate: 0 } } };
 
 describe('a cluster whose PostgreSQL connections are terminated', () => {
@@ -71,12 +77,19 @@ describe('a cluster whose PostgreSQL connections are terminated', () => {
     // Requests cut off by a termination were answered 503 store_unavailable, never left hanging or 500.
     for (const code of report.retried.keys()) expect(code).toBe('store_unavailable');
     expect(report.accepted.size).toBe(TASKS);
+    const tail = await submitAll(
+      () => c.nodes,
+      Array.from({ length: TAIL }, (_, i) => ({ key: `tail${i}`, task_type: 'Work', max_retries: 10 })),
+      { concurrency: 24 },
+    );
+    expect(tail.accepted.size).toBe(TAIL);
     await c.waitUntilSettled(120_000);
 
-    const ledger = await checkLedger(c.sql, report.accepted.values());
+    const total = TASKS + TAIL;
+    const ledger = await checkLedger(c.sql, [...report.accepted.values(), ...tail.accepted.values()]);
     expect(ledger.violations).toEqual([]);
-    expect(ledger.tasks).toBe(TASKS);
-    expect(ledger.byStatus).toEqual({ succeeded: TASKS });
+    expect(ledger.tasks).toBe(total);
+    expect(ledger.byStatus).toEqual({ succeeded: total });
 
     // Every instance came back by itself: each leased tasks after the last termination, and each
     // lists all three with heartbeats written after it.
@@ -100,7 +113,7 @@ describe('a cluster whose PostgreSQL connections are terminated', () => {
     const outcomes: Record<string, number> = {};
     for (const x of ledger.attempts) outcomes[x.outcome] = (outcomes[x.outcome] ?? 0) + 1;
     console.info(
-      `[cluster terminate] ${TASKS} tasks on 3 processes; backends terminated per round ${JSON.stringify(
+      `[cluster terminate] ${TASKS} + ${TAIL} tasks on 3 processes; backends terminated per round ${JSON.stringify(
         terminated,
       )}; attempts by outcome ${JSON.stringify(outcomes)}; submit retries ${JSON.stringify(
         Object.fromEntries(report.retried),
