@@ -523,6 +523,12 @@ describe('PostgresStore specifics', () => {
     });
     await store.heartbeat('held', Date.now(), 1000, INSTANCE_BEAT);
     expect((await store.countTasks(null)).queued).toBe(1);
+    // A limit that is not a positive number is refused by name, before any connection is made.
+    for (const unansweredLimitMs of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) {
+      await expect(PostgresStore.connect(databaseUrl(), { schema, unansweredLimitMs })).rejects.toThrow(
+        /unansweredLimitMs: must be a positive number/,
+      );
+    }
   });
 
   it('after pg_terminate_backend, calls recover or fail with StoreUnavailableError, and nothing committed is lost', async () => {
