@@ -423,13 +423,12 @@ export class PostgresStore implements Store {
     private readonly abandonedWaitMs: number,
     unansweredLimitMs: number,
   ) {
+    const message = `no answer from PostgreSQL in ${unansweredLimitMs + abandonedWaitMs} ms`;
     this.sweeper = setInterval(
       () => {
         const startedBefore = Date.now() - unansweredLimitMs;
         for (const [arm, startedMs] of this.unanswered) {
-          if (startedMs > startedBefore) continue;
-          const message = `no answer from PostgreSQL in ${unansweredLimitMs + abandonedWaitMs} ms`;
-          arm(Object.assign(new Error(message), { code: UNANSWERED_CODE }));
+          if (startedMs <= startedBefore) arm(Object.assign(new Error(message), { code: UNANSWERED_CODE }));
         }
       },
       Math.max(1, Math.min(1000, Math.floor(unansweredLimitMs / 4))),

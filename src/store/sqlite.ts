@@ -558,8 +558,8 @@ export class SqliteStore implements Store {
 
   private constructor(db: Database.Database, wal: WalSync | null) {
     this.db = db;
-    this.s = this.prepareAll();
-    this.a = this.prepareArrays();
+    this.s = this.prepareAll(SQL);
+    this.a = this.prepareAll(ARRAY_SQL, true);
     this.wal = wal;
     this.walMode = db.pragma('journal_mode', { simple: true }) === 'wal';
     this.transact = db.transaction((fn: () => unknown) => fn());
@@ -603,16 +603,13 @@ export class SqliteStore implements Store {
     }
   }
 
-  private prepareAll(): Record<StatementName, Stmt> {
-    const prepared = {} as Record<StatementName, Stmt>;
-    for (const name of Object.keys(SQL) as StatementName[]) prepared[name] = this.db.prepare(SQL[name]);
-    return prepared;
-  }
-
-  private prepareArrays(): Record<ArrayStatementName, Stmt> {
-    const prepared = {} as Record<ArrayStatementName, Stmt>;
-    for (const name of Object.keys(ARRAY_SQL) as ArrayStatementName[])
-      prepared[name] = this.db.prepare(ARRAY_SQL[name]).raw(true);
+  /** Prepares every statement of `sqls`; `raw`: their rows come as arrays (see RawRow). */
+  private prepareAll<K extends string>(sqls: Record<K, string>, raw = false): Record<K, Stmt> {
+    const prepared = {} as Record<K, Stmt>;
+    for (const name of Object.keys(sqls) as K[]) {
+      const stmt = this.db.prepare(sqls[name]);
+      prepared[name] = raw ? stmt.raw(true) : stmt;
+    }
     return prepared;
   }
 
