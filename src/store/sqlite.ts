@@ -465,6 +465,8 @@ const SQL = {
   insertEvent: `INSERT INTO events (at_ms, kind, user_id, task_id, agent_id, data_json)
       VALUES (@at, @kind, @user, @task, @agent, @data)`,
   listEvents: `SELECT * FROM events WHERE ${USER_FILTER} ORDER BY at_ms DESC, id DESC LIMIT @limit`,
+  // Rows changed on this connection since it opened: a durable write that changed none skips its sync.
+  totalChanges: 'SELECT total_changes() AS n',
 } as const;
 
 type StatementName = keyof typeof SQL;
@@ -671,9 +673,26 @@ export class SqliteStore implements Store {
     fn: () => T,
     onCommitted?: (result: T, syncFollows: boolean) => void,
   ): Promise<T> {
+    if (this.wal === null) {
+      const result = this.write(fn);
+      onCommitted?.(result, false);
+      return result;
+    }
+    const before = this.count('totalChanges', {});
     const result = this.write(fn);
-    onCommitted?.(result, this.wal !== null);
-    if (this.wal === null) return result;
+    // A write that changed no row (a recovery pass with nothing to recover, a cancel of a finished task)
+    // has nothing of its own to sync. It still waits for a sync when another commit's is pending: what
+    // it read and answers may rest on that commit.
+    if (
+      this.count('totalChanges', {}) === before &&
+      !this.unsynced &&
+      this.syncing.size === 0 &&
+      !this.wal.pending
+    ) {
+      onCommitted?.(result, false);
+      return result;
+    }
+    onCommitted?.(result, true);
     const synced = this.syncCommitted(this.wal);
     // `close` waits for it: the commit is in the WAL, and only its sync makes it durable.
     this.syncing.add(synced);

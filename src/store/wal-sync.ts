@@ -50,6 +50,11 @@ export class WalSync {
     return this.queued;
   }
 
+  /** True while a sync runs or is queued. */
+  get pending(): boolean {
+    return this.running !== null || this.queued !== null;
+  }
+
   /** Resolves when no sync is running or queued. */
   async idle(): Promise<void> {
     while (this.running !== null || this.queued !== null) {

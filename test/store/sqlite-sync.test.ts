@@ -246,6 +246,32 @@ describe('SqliteStore durability', () => {
     expect(onThread).toHaveBeenCalledTimes(2);
   });
 
+  it('skips the sync of a durable write that changed no row, unless an earlier commit is not yet synced', async () => {
+    const { store } = openStore();
+    await store.submitBatch([task('t1'), task('t2')], LIMITS);
+    const onThread = vi.spyOn(fs, 'fdatasyncSync');
+    const pooled = vi.spyOn(fs, 'fdatasync');
+    // A recovery pass with nothing to recover, a checkpoint under a token no lease holds.
+    await expect(store.reclaimExpired(T0 + 1000)).resolves.toEqual([]);
+    await expect(store.saveCheckpoint('t1', 'no-such-token', '{}', T0 + 1000)).resolves.toBe(false);
+    expect(onThread).not.toHaveBeenCalled();
+    expect(pooled).not.toHaveBeenCalled();
+    // A lease commits without a sync of its own; the next durable write syncs it, changed rows or not.
+    const [running] = await store.leaseBatch(leaseRequestOf(1));
+    if (!running) throw new Error('nothing leased');
+    await store.reclaimExpired(T0 + 1000);
+    expect(onThread).toHaveBeenCalledTimes(1);
+    // Nothing is left to sync: nothing more is flushed, by the write or in the background.
+    await store.reclaimExpired(T0 + 1000);
+    expect(onThread).toHaveBeenCalledTimes(1);
+    // A write that changed a row is synced.
+    await expect(store.saveCheckpoint(running.task.id, running.token, '{"step":1}', T0 + 1500)).resolves.toBe(
+      true,
+    );
+    expect(onThread).toHaveBeenCalledTimes(2);
+    expect(pooled).not.toHaveBeenCalled();
+  });
+
   it('checkpoints and cancels are synced before they return', async () => {
     const { store } = openStore();
     await store.submitBatch([task('t1'), task('t2')], LIMITS);
