@@ -12,7 +12,7 @@
  * processes on one database each judges its own tasks.
  */
 import type { AgentStatus } from '../domain/agent.js';
-import type { Clock, TimerHandle } from '../domain/clock.js';
+import { type Clock, isoTime, type TimerHandle } from '../domain/clock.js';
 import { InvalidStateError, ValidationError } from '../domain/errors.js';
 import type { BreakerState } from './breaker.js';
 import type { FleetEvent } from './events.js';
@@ -355,7 +355,7 @@ export class AlertMonitor {
       },
       this.options,
     );
-    const at = new Date(now).toISOString();
+    const at = isoTime(now);
     const holding = new Set<AlertName>();
     for (const o of observed) {
       holding.add(o.name);

@@ -1,5 +1,6 @@
 import type { AgentStatus, AgentView } from '../domain/agent.js';
 import { AGENT_STATUSES } from '../domain/agent.js';
+import { isoTime } from '../domain/clock.js';
 import {
   DrainingError,
   InvalidStateError,
@@ -168,7 +169,7 @@ export class AgentManager {
       );
       this.events.emit({
         type,
-        at: new Date(t.atMs).toISOString(),
+        at: isoTime(t.atMs),
         user_id: null,
         task_type: t.taskType,
         data: { from: t.from, to: t.to, ...(t.failures === undefined ? {} : { failures: t.failures }) },
@@ -356,7 +357,7 @@ export class AgentManager {
     else {
       this.events.emit({
         type: 'task.cancelled',
-        at: new Date(this.options.clock.now()).toISOString(),
+        at: isoTime(this.options.clock.now()),
         user_id: task.user_id,
         task_id: task.id,
         task_type: task.task_type,

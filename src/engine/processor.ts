@@ -1,6 +1,6 @@
 import { retryDelayMs } from '../domain/backoff.js';
 import type { BreakerVerdict } from '../domain/breaker.js';
-import type { TimerHandle } from '../domain/clock.js';
+import { isoTime, type TimerHandle } from '../domain/clock.js';
 import {
   describeError,
   isAgentfleetError,
@@ -463,7 +463,7 @@ export class QueueProcessor {
     const { task, token, agent } = leased;
     events.emit({
       type: 'task.started',
-      at: new Date(clock.now()).toISOString(),
+      at: isoTime(clock.now()),
       user_id: task.user_id,
       task_id: task.id,
       agent_id: agent.id,
@@ -473,7 +473,7 @@ export class QueueProcessor {
     if (leased.agentCreated) {
       events.emit({
         type: 'agent.created',
-        at: new Date(clock.now()).toISOString(),
+        at: isoTime(clock.now()),
         user_id: agent.user_id,
         agent_id: agent.id,
         task_type: agent.agent_type,
@@ -610,7 +610,7 @@ export class QueueProcessor {
   ): void {
     const { events, options } = this.deps;
     const { task, agent } = leased;
-    const at = new Date(options.clock.now()).toISOString();
+    const at = isoTime(options.clock.now());
     if (!result.ok) {
       options.logger.warn(
         { task_id: task.id, attempt: task.attempts },
@@ -619,7 +619,7 @@ export class QueueProcessor {
       return;
     }
     const data: Record<string, unknown> = { attempt: task.attempts };
-    if (settlement.kind === 'retry') data.run_at = new Date(settlement.runAtMs).toISOString();
+    if (settlement.kind === 'retry') data.run_at = isoTime(settlement.runAtMs);
     if (settlement.kind === 'retry' || settlement.kind === 'failed') data.error = settlement.error;
     if (usage) data.usage = usage;
     events.emit({

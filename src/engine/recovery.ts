@@ -1,4 +1,4 @@
-import type { TimerHandle } from '../domain/clock.js';
+import { isoTime, type TimerHandle } from '../domain/clock.js';
 import type { Store, StoredEvent } from '../store/store.js';
 import type { EventBus, FleetEventType } from './events.js';
 import type { ResolvedOptions } from './options.js';
@@ -88,7 +88,7 @@ export class HealthRecoveryMonitor {
       });
       this.events.emit({
         type,
-        at: new Date(now).toISOString(),
+        at: isoTime(now),
         user_id: userId,
         ...(ids.task ? { task_id: ids.task } : {}),
         ...(ids.agent ? { agent_id: ids.agent } : {}),

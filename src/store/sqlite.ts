@@ -10,6 +10,7 @@
  *
  * All SQL of the store lives here and in sqlite-migrations.ts. Statements are prepared once.
  */
+
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -23,6 +24,7 @@ import {
   closedBreaker,
   leaseAllowance,
 } from '../domain/breaker.js';
+import { isoTime } from '../domain/clock.js';
 import {
   AgentfleetError,
   InvalidStateError,
@@ -309,10 +311,10 @@ function leasedTaskView(row: CandidateRow, agentId: string, nowMs: number): Task
     attempts: row.attempts + 1,
     max_retries: row.max_retries,
     agent_id: agentId,
-    created_at: new Date(row.created_at).toISOString(),
-    started_at: new Date(nowMs).toISOString(),
+    created_at: isoTime(row.created_at),
+    started_at: isoTime(nowMs),
     finished_at: null,
-    run_at: new Date(row.run_at).toISOString(),
+    run_at: isoTime(row.run_at),
     result: parseJson(row.result_json),
     error: row.error,
     checkpoint: parseJson(row.checkpoint_json),
@@ -334,10 +336,10 @@ function newTaskView(task: NewTask): TaskView {
     attempts: 0,
     max_retries: task.maxRetries,
     agent_id: null,
-    created_at: new Date(task.createdAtMs).toISOString(),
+    created_at: isoTime(task.createdAtMs),
     started_at: null,
     finished_at: null,
-    run_at: new Date(task.createdAtMs).toISOString(),
+    run_at: isoTime(task.createdAtMs),
     result: null,
     error: null,
     checkpoint: null,
@@ -1302,7 +1304,18 @@ export class SqliteStore implements Store {
     // A valid settle finds its agent busy (or retired): `unhealthy` now means this settle made it so.
     const becameUnhealthy =
       agentResult === 'fault' && agent.status === 'unhealthy' && agent.unhealthy_since === now;
-    return { ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy, ...changed };
+    // The view is built when read: the engine reads it only when the agent turned unhealthy, and its
+    // five timestamps as ISO strings cost more than the rest of this function.
+    let view: AgentView | undefined;
+    return {
+      ok: true,
+      get agent(): AgentView {
+        view ??= toAgentView(agent);
+        return view;
+      },
+      agentBecameUnhealthy: becameUnhealthy,
+      ...changed,
+    };
   }
 
   /** Saves an executor's checkpoint, fenced by the token. */
@@ -1418,7 +1431,7 @@ export class SqliteStore implements Store {
         history.push({
           attempt: row.attempts,
           agent_id: row.agent_id,
-          started_at: new Date(row.started_at).toISOString(),
+          started_at: isoTime(row.started_at),
           finished_at: null,
           outcome: 'running',
           error: null,

@@ -2,15 +2,17 @@
  * Rows to views, the same for every store: both schemas name their columns alike and keep times as
  * epoch milliseconds and JSON as text. The row types here are the columns each view reads.
  */
+
 import type { AgentStatus, AgentView } from '../domain/agent.js';
 import type { BreakerRecord, BreakerState } from '../domain/breaker.js';
+import { isoTime } from '../domain/clock.js';
 import { ValidationError } from '../domain/errors.js';
 import type { AttemptView, Priority, TaskStatus, TaskView } from '../domain/task.js';
 import type { InstanceView } from './store.js';
 
 /** Epoch milliseconds as an ISO string (null stays null). */
 export function iso(ms: number | null): string | null {
-  return ms === null ? null : new Date(ms).toISOString();
+  return ms === null ? null : isoTime(ms);
 }
 
 /** Stored JSON text as a value (null stays null). */
@@ -51,10 +53,10 @@ export function toTaskView(row: TaskViewRow): TaskView {
     attempts: row.attempts,
     max_retries: row.max_retries,
     agent_id: row.agent_id,
-    created_at: new Date(row.created_at).toISOString(),
+    created_at: isoTime(row.created_at),
     started_at: iso(row.started_at),
     finished_at: iso(row.finished_at),
-    run_at: new Date(row.run_at).toISOString(),
+    run_at: isoTime(row.run_at),
     result: parseJson(row.result_json),
     error: row.error,
     checkpoint: parseJson(row.checkpoint_json),
@@ -88,7 +90,7 @@ export function toAgentView(row: AgentViewRow): AgentView {
     agent_type: row.agent_type,
     name: row.name,
     status: row.status,
-    created_at: new Date(row.created_at).toISOString(),
+    created_at: isoTime(row.created_at),
     user_id: row.user_id,
     current_task_id: row.current_task_id,
     recoveries: row.recoveries,
@@ -116,7 +118,7 @@ export function toAttemptView(row: AttemptViewRow): AttemptView {
   return {
     attempt: row.attempt,
     agent_id: row.agent_id,
-    started_at: new Date(row.started_at).toISOString(),
+    started_at: isoTime(row.started_at),
     finished_at: iso(row.finished_at),
     outcome: row.outcome,
     error: row.error,
@@ -158,8 +160,8 @@ export function toInstanceView(row: InstanceViewRow): InstanceView {
     id: row.id,
     host: row.host,
     pid: row.pid,
-    started_at: new Date(row.started_at).toISOString(),
-    heartbeat_at: new Date(row.heartbeat_at).toISOString(),
+    started_at: isoTime(row.started_at),
+    heartbeat_at: isoTime(row.heartbeat_at),
     slots_in_use: row.slots_in_use,
     max_slots: row.max_slots,
   };
