@@ -219,4 +219,14 @@ INSERT INTO sync_marker (id, at) VALUES (1, 0);
 DELETE FROM attempts WHERE outcome = 'running';
 `,
   },
+  {
+    version: 4,
+    name: 'a succeeded attempt is the task row',
+    sql: `
+-- A task's succeeded attempt is its last, and the task row keeps what its view shows (number, agent,
+-- start, end); the history reads it from there, as it reads a running attempt. Every task that succeeds
+-- writes one row and one index entry fewer.
+DELETE FROM attempts WHERE outcome = 'succeeded';
+`,
+  },
 ];

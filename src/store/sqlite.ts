@@ -81,6 +81,7 @@ import {
   decodeCursor,
   encodeCursor,
   type InstanceViewRow,
+  iso,
   parseJson,
   type TaskViewRow,
   toAgentView,
@@ -1274,17 +1275,19 @@ export class SqliteStore implements Store {
       rules.breakerRules ?? SPEC_BREAKER_RULES,
     );
     const changed = breaker ? { breaker } : {};
-    this.run('insertAttempt', {
-      task_id: request.taskId,
-      attempt: task.attempts,
-      agent_id: task.agent_id,
-      owner: task.lease_owner,
-      started_at: startedAt,
-      now,
-      outcome,
-      error: attemptError,
-      execution_ms: countedMs,
-    });
+    // A succeeded attempt has no row: the task row describes it (see getTask).
+    if (outcome !== 'succeeded')
+      this.run('insertAttempt', {
+        task_id: request.taskId,
+        attempt: task.attempts,
+        agent_id: task.agent_id,
+        owner: task.lease_owner,
+        started_at: startedAt,
+        now,
+        outcome,
+        error: attemptError,
+        execution_ms: countedMs,
+      });
     if (task.agent_id === null) return { ok: true, agentBecameUnhealthy: false, ...changed };
     // One statement: frees the agent (unless retired) and applies the attempt to its health.
     const agent = this.row(
@@ -1426,14 +1429,15 @@ export class SqliteStore implements Store {
       const row = this.get<TaskRow>('taskById', { id, user: userId });
       if (!row) return null;
       const history = this.all<AttemptRow>('attemptsOf', { task_id: row.id }).map(toAttemptView);
-      // A running attempt has no row of its own until it ends: the task row describes it.
-      if (row.status === 'running' && row.started_at !== null) {
+      // A running attempt has no row of its own until it ends, and a succeeded one none at all: the task
+      // row describes it (its number, agent, start and end are the last attempt's).
+      if ((row.status === 'running' || row.status === 'succeeded') && row.started_at !== null) {
         history.push({
           attempt: row.attempts,
           agent_id: row.agent_id,
           started_at: isoTime(row.started_at),
-          finished_at: null,
-          outcome: 'running',
+          finished_at: row.status === 'running' ? null : iso(row.finished_at),
+          outcome: row.status,
           error: null,
         });
       }

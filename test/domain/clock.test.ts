@@ -7,7 +7,8 @@ describe('isoTime', () => {
     const base = Date.UTC(2026, 11, 3, 16, 0, 0, 0);
     // Repeats, neighbours, instants 16 ms apart (the same cache slot) and far apart, in a mixed order.
     const instants = [base, base, base + 16, base, base + 1, base + 32, base + 16, 0, -1, -17, 8.64e15, base];
-    for (let i = 0; i < 2000; i++) instants.push(base + Math.floor(random() * 64) * (random() < 0.5 ? 1 : 16));
+    for (let i = 0; i < 2000; i++)
+      instants.push(base + Math.floor(random() * 64) * (random() < 0.5 ? 1 : 16));
     for (const ms of instants) expect(isoTime(ms)).toBe(new Date(ms).toISOString());
   });
 

@@ -740,6 +740,34 @@ export function describeStoreConformance(
         ]);
       });
 
+      it('succeeded after a failed attempt: the history holds both, each with its own agent, times and error', async () => {
+        const task = await submitOne({ maxRetries: 2 });
+        const first = await leaseOne({ nowMs: T0 + 1000 });
+        await settle(first, fault('e1', T0 + 1200), T0 + 1100);
+        const second = await leaseOne({ nowMs: T0 + 2000 });
+        await settle(second, { kind: 'succeeded', resultJson: '1' }, T0 + 2600);
+        const detail = await mustGet(task.id);
+        expect(detail).toMatchObject({ status: 'succeeded', attempts: 2, error: 'e1', result: 1 });
+        expect(detail.attempt_history).toEqual([
+          {
+            attempt: 1,
+            agent_id: first.agent.id,
+            started_at: new Date(T0 + 1000).toISOString(),
+            finished_at: new Date(T0 + 1100).toISOString(),
+            outcome: 'failed',
+            error: 'e1',
+          },
+          {
+            attempt: 2,
+            agent_id: second.agent.id,
+            started_at: new Date(T0 + 2000).toISOString(),
+            finished_at: new Date(T0 + 2600).toISOString(),
+            outcome: 'succeeded',
+            error: null,
+          },
+        ]);
+      });
+
       it('retry: back to queued at run_at with attempts kept and the error recorded', async () => {
         const task = await submitOne();
         const leased = await leaseOne();

@@ -202,6 +202,121 @@ describe('SqliteStore specifics', () => {
     }
   });
 
+  it('writes no attempt row for a succeeded attempt, and one for every other outcome', async () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'agentfleet.db');
+    const store = openStore(file);
+    await store.submitBatch([task('ok'), task('bad')], LIMITS);
+    const leased = await store.leaseBatch(
+      leaseRequest(
+        'p',
+        2,
+        (() => {
+          let n = 0;
+          return () => `agent-${++n}`;
+        })(),
+      ),
+    );
+    const settlements = {
+      ok: { kind: 'succeeded', resultJson: null },
+      bad: { kind: 'failed', error: 'no', agentFault: false },
+    } as const;
+    await store.settleBatch(
+      leased.map((l) => ({
+        taskId: l.task.id,
+        token: l.token,
+        nowMs: T0 + 2000,
+        settlement: settlements[l.task.id as keyof typeof settlements],
+      })),
+      { unhealthyThreshold: 3 },
+    );
+    const db = new Database(file, { readonly: true });
+    try {
+      expect(db.prepare('SELECT task_id, outcome FROM attempts').all()).toEqual([
+        { task_id: 'bad', outcome: 'failed' },
+      ]);
+    } finally {
+      db.close();
+    }
+    expect((await store.getTask('ok', null))?.attempt_history).toMatchObject([
+      { attempt: 1, outcome: 'succeeded', finished_at: new Date(T0 + 2000).toISOString() },
+    ]);
+  });
+
+  it('upgrades a file of version 3: its succeeded attempts leave the attempts table, and every history reads as before', async () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'agentfleet.db');
+    const old = new Database(file);
+    old.exec(
+      'CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)',
+    );
+    for (const migration of SQLITE_MIGRATIONS.filter((m) => m.version <= 3)) {
+      old.exec(migration.sql);
+      old
+        .prepare('INSERT INTO schema_migrations VALUES (?, ?, ?)')
+        .run(migration.version, migration.name, T0);
+    }
+    // As version 3 left them: one task that succeeded at its second attempt, one that failed once and
+    // waits for its retry.
+    const insertTask =
+      old.prepare(`INSERT INTO tasks (id, user_id, task_type, description, priority, priority_key,
+      status, attempts, max_retries, agent_id, error, created_at, started_at, finished_at, run_at)
+      VALUES (?, 'alice', 'CodeGeneration', 'd', 'medium', 0, ?, ?, 3, ?, ?, ?, ?, ?, ?)`);
+    insertTask.run('done', 'succeeded', 2, 'agent-2', 'e1', T0, T0 + 2000, T0 + 2600, T0 + 1200);
+    insertTask.run('again', 'queued', 1, 'agent-1', 'e2', T0, T0 + 1000, null, T0 + 5000);
+    const insertAttempt =
+      old.prepare(`INSERT INTO attempts (task_id, attempt, agent_id, lease_owner, started_at,
+      finished_at, outcome, error, execution_ms) VALUES (?, ?, ?, 'p', ?, ?, ?, ?, ?)`);
+    insertAttempt.run('done', 1, 'agent-1', T0 + 1000, T0 + 1100, 'failed', 'e1', 100);
+    insertAttempt.run('done', 2, 'agent-2', T0 + 2000, T0 + 2600, 'succeeded', null, 600);
+    insertAttempt.run('again', 1, 'agent-1', T0 + 1000, T0 + 1100, 'failed', 'e2', 100);
+    old.close();
+
+    const store = openStore(file);
+    const iso = (ms: number) => new Date(ms).toISOString();
+    expect((await store.getTask('done', null))?.attempt_history).toEqual([
+      {
+        attempt: 1,
+        agent_id: 'agent-1',
+        started_at: iso(T0 + 1000),
+        finished_at: iso(T0 + 1100),
+        outcome: 'failed',
+        error: 'e1',
+      },
+      {
+        attempt: 2,
+        agent_id: 'agent-2',
+        started_at: iso(T0 + 2000),
+        finished_at: iso(T0 + 2600),
+        outcome: 'succeeded',
+        error: null,
+      },
+    ]);
+    expect((await store.getTask('again', null))?.attempt_history).toEqual([
+      {
+        attempt: 1,
+        agent_id: 'agent-1',
+        started_at: iso(T0 + 1000),
+        finished_at: iso(T0 + 1100),
+        outcome: 'failed',
+        error: 'e2',
+      },
+    ]);
+    await store.close();
+    const db = new Database(file, { readonly: true });
+    try {
+      expect(db.prepare('SELECT task_id, attempt FROM attempts ORDER BY id').all()).toEqual([
+        { task_id: 'done', attempt: 1 },
+        { task_id: 'again', attempt: 1 },
+      ]);
+      expect(db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get()).toEqual({
+        v: Math.max(...SQLITE_MIGRATIONS.map((m) => m.version)),
+      });
+    } finally {
+      db.close();
+    }
+  });
+
   it('keeps data across close and reopen', async () => {
     dir = makeTempDir();
     const file = path.join(dir, 'agentfleet.db');
