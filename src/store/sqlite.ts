@@ -359,13 +359,17 @@ function errorCode(error: unknown): string | undefined {
   return undefined;
 }
 
+/** The tasks with their inputs (migration 5): `SELECT * FROM ${TASKS}` reads a whole task row. */
+const TASKS = 'tasks LEFT JOIN task_inputs USING (seq)';
+
 /**
  * One page of the lease scan, with `typeFilter` added to its conditions: keyset pagination after
  * (@key, @seq) along the partial lease index. The index is named: without statistics the planner may
  * pick another and sort the whole queue for every page.
  */
 function leasePageSql(typeFilter: string): string {
-  return `SELECT ${LEASE_COLUMNS} FROM tasks INDEXED BY tasks_queue WHERE status = 'queued' AND run_at <= @now
+  return `SELECT ${LEASE_COLUMNS} FROM tasks INDEXED BY tasks_queue LEFT JOIN task_inputs USING (seq)
+      WHERE status = 'queued' AND run_at <= @now
       ${typeFilter} AND (priority_key < @key OR (priority_key = @key AND seq > @seq))
       ORDER BY priority_key DESC, seq ASC LIMIT @page`;
 }
@@ -375,13 +379,14 @@ function leasePageSql(typeFilter: string): string {
  * `@user` NULL means "any user" (an admin caller).
  */
 const SQL = {
-  taskById: `SELECT * FROM tasks WHERE id = @id AND ${USER_FILTER}`,
-  taskBySeq: 'SELECT * FROM tasks WHERE seq = @seq',
-  taskByKey: 'SELECT * FROM tasks WHERE user_id = @user AND idempotency_key = @key',
+  taskById: `SELECT * FROM ${TASKS} WHERE id = @id AND ${USER_FILTER}`,
+  taskBySeq: `SELECT * FROM ${TASKS} WHERE seq = @seq`,
+  taskByKey: `SELECT * FROM ${TASKS} WHERE user_id = @user AND idempotency_key = @key`,
   insertTask: `INSERT INTO tasks (id, user_id, task_type, description, priority, priority_key, status, max_retries,
-      timeout_ms, input_json, idempotency_key, created_at, run_at)
+      timeout_ms, idempotency_key, created_at, run_at)
       VALUES (@id, @user_id, @task_type, @description, @priority, @priority_key, 'queued', @max_retries,
-      @timeout_ms, @input_json, @idempotency_key, @created_at, @created_at)`,
+      @timeout_ms, @idempotency_key, @created_at, @created_at)`,
+  insertInput: 'INSERT INTO task_inputs (seq, input_json) VALUES (@seq, @input_json)',
   // Counts come from the counters the triggers of migration 3 keep, not from the queue.
   countQueued: "SELECT COALESCE((SELECT n FROM status_counts WHERE status = 'queued'), 0) AS n",
   countUserActive:
@@ -402,7 +407,7 @@ const SQL = {
     "UPDATE agents SET status = 'busy', current_task_id = @task_id, last_used_at = @now WHERE seq = @seq",
   updateAgent: AGENT_UPDATE_SQL,
   // Fencing: only the holder of the current lease token can settle a running task.
-  taskForSettle: "SELECT * FROM tasks WHERE id = @id AND status = 'running' AND lease_token = @token",
+  taskForSettle: `SELECT * FROM ${TASKS} WHERE id = @id AND status = 'running' AND lease_token = @token`,
   updateTask: TASK_UPDATE_SQL,
   // The lease columns are left as they were: they only count while the status is `running`.
   settleSucceeded: `UPDATE tasks SET status = 'succeeded', result_json = @result_json, finished_at = @now
@@ -429,7 +434,8 @@ const SQL = {
     "SELECT id FROM tasks WHERE status = 'running' AND lease_owner = @owner AND cancel_requested = 1 ORDER BY seq",
   saveCheckpoint: `UPDATE tasks SET checkpoint_json = @state, checkpoint_at = @now
       WHERE id = @id AND status = 'running' AND lease_token = @token`,
-  expired: `SELECT * FROM tasks INDEXED BY tasks_running_owner WHERE status = 'running' AND lease_expires_at < @now
+  expired: `SELECT * FROM tasks INDEXED BY tasks_running_owner LEFT JOIN task_inputs USING (seq)
+      WHERE status = 'running' AND lease_expires_at < @now
       ORDER BY seq`,
   // Busy agents whose recorded task is not running on them (a crash between writes, a manual edit).
   stuckAgents: `SELECT * FROM agents a WHERE a.status = 'busy' AND NOT EXISTS (SELECT 1 FROM tasks t
@@ -439,7 +445,7 @@ const SQL = {
   retireAgent: "UPDATE agents SET status = 'retired', retired_at = @now WHERE seq = @seq",
   probation: `UPDATE agents SET status = 'idle', current_task_id = NULL, unhealthy_since = NULL,
       recoveries = recoveries + 1, consecutive_failures = @failures WHERE seq = @seq`,
-  listTasks: `SELECT * FROM tasks WHERE ${USER_FILTER} AND (@status IS NULL OR status = @status)
+  listTasks: `SELECT * FROM ${TASKS} WHERE ${USER_FILTER} AND (@status IS NULL OR status = @status)
       AND (@type IS NULL OR task_type = @type) AND (@priority IS NULL OR priority = @priority)
       AND seq < @before ORDER BY seq DESC LIMIT @limit`,
   cancelQueued: `UPDATE tasks SET status = 'cancelled', cancel_requested = 1, finished_at = @now,
@@ -899,7 +905,7 @@ export class SqliteStore implements Store {
         outcomes.push({ ok: false, error: new UserTaskLimitError(limits.maxTasksPerUser) });
         continue;
       }
-      this.stmt('insertTask').run({
+      const { lastInsertRowid } = this.stmt('insertTask').run({
         id: task.id,
         user_id: task.userId,
         task_type: task.taskType,
@@ -908,10 +914,11 @@ export class SqliteStore implements Store {
         priority_key: task.priorityKey,
         max_retries: task.maxRetries,
         timeout_ms: task.timeoutMs,
-        input_json: task.inputJson,
         idempotency_key: task.idempotencyKey,
         created_at: task.createdAtMs,
       });
+      if (task.inputJson !== null)
+        this.run('insertInput', { seq: Number(lastInsertRowid), input_json: task.inputJson });
       queued++;
       active.set(task.userId, userActive + 1);
       outcomes.push({ ok: true, task: newTaskView(task), duplicate: false });

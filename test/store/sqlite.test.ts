@@ -243,19 +243,103 @@ describe('SqliteStore specifics', () => {
     ]);
   });
 
-  it('upgrades a file of version 3: its succeeded attempts leave the attempts table, and every history reads as before', async () => {
-    dir = makeTempDir();
-    const file = path.join(dir, 'agentfleet.db');
-    const old = new Database(file);
-    old.exec(
+  /** A database file with the migrations up to `version` applied, as a store of that version left it. */
+  function fileAtVersion(file: string, version: number): Database.Database {
+    dir = path.dirname(file);
+    const db = new Database(file);
+    db.exec(
       'CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)',
     );
-    for (const migration of SQLITE_MIGRATIONS.filter((m) => m.version <= 3)) {
-      old.exec(migration.sql);
-      old
-        .prepare('INSERT INTO schema_migrations VALUES (?, ?, ?)')
-        .run(migration.version, migration.name, T0);
+    for (const migration of SQLITE_MIGRATIONS.filter((m) => m.version <= version)) {
+      db.exec(migration.sql);
+      db.prepare('INSERT INTO schema_migrations VALUES (?, ?, ?)').run(migration.version, migration.name, T0);
     }
+    return db;
+  }
+
+  it('upgrades a file of version 4: inputs move to task_inputs and every task reads and leases as before', async () => {
+    const file = path.join(makeTempDir(), 'agentfleet.db');
+    const old = fileAtVersion(file, 4);
+    const insertTask =
+      old.prepare(`INSERT INTO tasks (id, user_id, task_type, description, priority, priority_key,
+      status, max_retries, input_json, created_at, run_at)
+      VALUES (?, 'alice', 'CodeGeneration', 'd', 'medium', ?, 'queued', 3, ?, ?, ?)`);
+    const big = JSON.stringify({ diff: 'x'.repeat(50_000) });
+    insertTask.run('with-input', 2, big, T0, T0);
+    insertTask.run('without', 1, null, T0, T0);
+    old.close();
+
+    const store = openStore(file);
+    expect((await store.getTask('with-input', null))?.input).toEqual(JSON.parse(big));
+    expect((await store.getTask('without', null))?.input).toBeNull();
+    const leased = await store.leaseBatch(
+      leaseRequest(
+        'p',
+        2,
+        (() => {
+          let n = 0;
+          return () => `agent-${++n}`;
+        })(),
+      ),
+    );
+    expect(leased.map((l) => [l.task.id, l.task.input])).toEqual([
+      ['with-input', JSON.parse(big)],
+      ['without', null],
+    ]);
+    await store.close();
+    const db = new Database(file, { readonly: true });
+    try {
+      const columns = db.prepare('SELECT name FROM pragma_table_info(?)').all('tasks') as { name: string }[];
+      expect(columns.map((c) => c.name)).not.toContain('input_json');
+      expect(db.prepare('SELECT t.id FROM task_inputs JOIN tasks t USING (seq)').all()).toEqual([
+        { id: 'with-input' },
+      ]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('leases and settles a task of a large input without rewriting the input: the WAL grows by a few pages', async () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'agentfleet.db');
+    const store = openStore(file);
+    // 200 KB: 50 pages of 4 KiB, each of which a rewrite would append to the WAL again.
+    const input = { diff: 'y'.repeat(200_000) };
+    await store.submitBatch([{ ...task('big'), inputJson: JSON.stringify(input) }], LIMITS);
+    const wal = `${file}-wal`;
+    const other = new Database(file);
+    try {
+      other.pragma('wal_checkpoint(TRUNCATE)');
+      expect(fs.statSync(wal).size).toBe(0);
+      const [leased] = await store.leaseBatch(leaseRequest('p', 1, () => 'agent-1'));
+      expect(leased?.task.input).toEqual(input);
+      if (!leased) throw new Error('nothing leased');
+      const [settled] = await store.settleBatch(
+        [
+          {
+            taskId: 'big',
+            token: leased.token,
+            nowMs: T0 + 2000,
+            settlement: { kind: 'succeeded', resultJson: '1' },
+          },
+        ],
+        { unhealthyThreshold: 3 },
+      );
+      expect(settled?.ok).toBe(true);
+      // Each commit appends the pages it changed (a WAL header of 32 bytes, then 24 bytes and a page per
+      // frame): the task row, its indexes, the agent, the counters; not the input's 50 pages.
+      const frames = (fs.statSync(wal).size - 32) / (24 + 4096);
+      expect(frames).toBeGreaterThan(0);
+      expect(frames).toBeLessThan(30);
+    } finally {
+      other.close();
+    }
+    expect((await store.getTask('big', null))?.input).toEqual(input);
+  });
+
+  it('upgrades a file of version 3: its succeeded attempts leave the attempts table, and every history reads as before', async () => {
+    const file = path.join(makeTempDir(), 'agentfleet.db');
+    const old = fileAtVersion(file, 3);
     // As version 3 left them: one task that succeeded at its second attempt, one that failed once and
     // waits for its retry.
     const insertTask =
