@@ -25,6 +25,7 @@ const ALL_WORKLOADS = [
   'w1-single',
   'w1-concurrent',
   'w2-drain',
+  'w2-inputs',
   'w3-io',
   'w4-faults',
   'w5-priority',
@@ -55,6 +56,7 @@ const METRICS: Record<string, { key: string; label: string; target?: string; oth
       others: '5,169 / 1,426',
     },
   ],
+  'w2-inputs': [{ key: 'tasks_per_s', label: 'W2 with an input of 16 KB a task/s' }],
   'w3-io': [{ key: 'efficiency', label: 'W3 50 ms I/O efficiency', target: '≥ 0.9', others: '0.66 / –' }],
   'w4-faults': [
     { key: 'accepted', label: 'W4 faults: accepted' },

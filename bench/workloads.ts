@@ -1,7 +1,7 @@
 /**
  * One benchmark workload in this process, on a fresh store; prints one JSON line with its figures.
  *   node dist-bench/bench/workloads.js <workload> <sqlite|sqlite-normal|postgres>
- * Workloads (issue 7): raw, w1-single, w1-concurrent, w2-drain, w3-io, w4-faults, w5-priority, l-latency,
+ * Workloads (issue 7): raw, w1-single, w1-concurrent, w2-drain, w2-inputs, w3-io, w4-faults, w5-priority, l-latency,
  * h-http, h-load. Run through bench/run.ts, which takes the median of several runs in fresh processes.
  * `sqlite` is the durable default (synchronous=FULL); `sqlite-normal` is the `durability: "normal"` mode.
  */
@@ -54,6 +54,34 @@ async function openBenchStore(kind: string): Promise<{ store: Store; dispose: ()
     };
   }
   throw new Error(`unknown store ${kind}`);
+}
+
+/** W2: 10,000 queued no-op tasks (each with `input`), drained by 200 slots. */
+async function drain(store: Store, input: Record<string, unknown> | null): Promise<Figures> {
+  const m = manager(store);
+  m.handle('Noop', async () => undefined);
+  const n = 10_000;
+  // Queued in groups of 1000, so the peak RSS is the drain's, not 10,000 submit calls in flight at once.
+  for (let from = 0; from < n; from += 1000) {
+    await Promise.all(
+      Array.from({ length: 1000 }, (_, i) =>
+        m.submit({ task_type: 'Noop', description: `noop ${from + i}`, ...(input ? { input } : {}) }),
+      ),
+    );
+  }
+  const done = countEvents(m, ['task.succeeded'], n);
+  const t = performance.now();
+  const cpu = cpuMicros();
+  await m.start();
+  await done;
+  const ms = performance.now() - t;
+  const cpuPerTask = (cpuMicros() - cpu) / n;
+  await m.stop();
+  return {
+    tasks_per_s: Math.round(n / (ms / 1000)),
+    wall_ms: Math.round(ms),
+    cpu_us_per_task: round(cpuPerTask, 1),
+  };
 }
 
 /** CPU time (user + system) this process has used, in microseconds: less sensitive to a busy machine than wall time. */
@@ -138,30 +166,12 @@ const WORKLOADS: Record<string, (store: Store) => Promise<Figures>> = {
   },
 
   async 'w2-drain'(store) {
-    const m = manager(store);
-    m.handle('Noop', async () => undefined);
-    const n = 10_000;
-    // Queued in groups of 1000, so the peak RSS is the drain's, not 10,000 submit calls in flight at once.
-    for (let from = 0; from < n; from += 1000) {
-      await Promise.all(
-        Array.from({ length: 1000 }, (_, i) =>
-          m.submit({ task_type: 'Noop', description: `noop ${from + i}` }),
-        ),
-      );
-    }
-    const done = countEvents(m, ['task.succeeded'], n);
-    const t = performance.now();
-    const cpu = cpuMicros();
-    await m.start();
-    await done;
-    const ms = performance.now() - t;
-    const cpuPerTask = (cpuMicros() - cpu) / n;
-    await m.stop();
-    return {
-      tasks_per_s: Math.round(n / (ms / 1000)),
-      wall_ms: Math.round(ms),
-      cpu_us_per_task: round(cpuPerTask, 1),
-    };
+    return drain(store, null);
+  },
+
+  async 'w2-inputs'(store) {
+    // The same drain with an input of 16 KB a task (a diff, a prompt): what a large row costs.
+    return drain(store, { diff: 'x'.repeat(16 * 1024) });
   },
 
   async 'w3-io'(store) {
