@@ -362,6 +362,13 @@ function errorCode(error: unknown): string | undefined {
 /** The tasks with their inputs (migration 5): `SELECT * FROM ${TASKS}` reads a whole task row. */
 const TASKS = 'tasks LEFT JOIN task_inputs USING (seq)';
 
+/** A page of tasks, newest first, of the users `userClause` admits; see SQL.listTasks. */
+function listTasksSql(userClause: string): string {
+  return `SELECT * FROM ${TASKS} WHERE ${userClause} AND (@status IS NULL OR status = @status)
+      AND (@type IS NULL OR task_type = @type) AND (@priority IS NULL OR priority = @priority)
+      AND seq < @before ORDER BY seq DESC LIMIT @limit`;
+}
+
 /**
  * One page of the lease scan, with `typeFilter` added to its conditions: keyset pagination after
  * (@key, @seq) along the partial lease index. The index is named: without statistics the planner may
@@ -445,9 +452,10 @@ const SQL = {
   retireAgent: "UPDATE agents SET status = 'retired', retired_at = @now WHERE seq = @seq",
   probation: `UPDATE agents SET status = 'idle', current_task_id = NULL, unhealthy_since = NULL,
       recoveries = recoveries + 1, consecutive_failures = @failures WHERE seq = @seq`,
-  listTasks: `SELECT * FROM ${TASKS} WHERE ${USER_FILTER} AND (@status IS NULL OR status = @status)
-      AND (@type IS NULL OR task_type = @type) AND (@priority IS NULL OR priority = @priority)
-      AND seq < @before ORDER BY seq DESC LIMIT @limit`,
+  // Every user's tasks (an admin caller), by seq; and one user's, along tasks_user_seq (user_id, seq), so
+  // that a page of a user with few tasks among many reads that user's entries only.
+  listTasks: listTasksSql('TRUE'),
+  listTasksOfUser: listTasksSql('user_id = @user'),
   cancelQueued: `UPDATE tasks SET status = 'cancelled', cancel_requested = 1, finished_at = @now,
       lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE seq = @seq`,
   markCancel: 'UPDATE tasks SET cancel_requested = 1 WHERE seq = @seq',
@@ -473,7 +481,9 @@ const SQL = {
       AND task_type NOT IN (SELECT value FROM json_each(@exclude))`,
   insertEvent: `INSERT INTO events (at_ms, kind, user_id, task_id, agent_id, data_json)
       VALUES (@at, @kind, @user, @task, @agent, @data)`,
-  listEvents: `SELECT * FROM events WHERE ${USER_FILTER} ORDER BY at_ms DESC, id DESC LIMIT @limit`,
+  listEvents: 'SELECT * FROM events ORDER BY at_ms DESC, id DESC LIMIT @limit',
+  // Along events_user (user_id, at_ms, id).
+  listEventsOfUser: 'SELECT * FROM events WHERE user_id = @user ORDER BY at_ms DESC, id DESC LIMIT @limit',
   // Rows changed on this connection since it opened: a durable write that changed none skips its sync.
   totalChanges: 'SELECT total_changes() AS n',
 } as const;
@@ -1459,8 +1469,9 @@ export class SqliteStore implements Store {
     }
     const before = filter.cursor === undefined ? Number.MAX_SAFE_INTEGER : decodeCursor(filter.cursor);
     return this.guard(() => {
-      const rows = this.all<TaskRow>('listTasks', {
-        user: filter.userId,
+      const byUser = filter.userId !== null;
+      const rows = this.all<TaskRow>(byUser ? 'listTasksOfUser' : 'listTasks', {
+        ...(byUser ? { user: filter.userId } : {}),
         status: filter.status ?? null,
         type: filter.taskType ?? null,
         priority: filter.priority ?? null,
@@ -1644,8 +1655,12 @@ export class SqliteStore implements Store {
 
   /** The most recent events, newest first. */
   async listEvents(userId: string | null, limit: number): Promise<StoredEvent[]> {
+    const n = Math.max(0, Math.floor(limit));
     return this.guard(() =>
-      this.all<EventRow>('listEvents', { user: userId, limit: Math.max(0, Math.floor(limit)) }).map((r) => ({
+      (userId === null
+        ? this.all<EventRow>('listEvents', { limit: n })
+        : this.all<EventRow>('listEventsOfUser', { user: userId, limit: n })
+      ).map((r) => ({
         atMs: r.at_ms,
         kind: r.kind,
         userId: r.user_id,

@@ -401,6 +401,40 @@ describe('SqliteStore specifics', () => {
     }
   });
 
+  it("pages one user's tasks along the user's index, newest first, without sorting or reading others' rows", async () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'agentfleet.db');
+    const store = openStore(file);
+    // The statements the store runs for a listing, by name, as it prepared them.
+    const internals = store as unknown as {
+      s: Record<string, { source: string }>;
+      all: (name: string, params: object) => unknown[];
+    };
+    const ran: string[] = [];
+    const all = internals.all.bind(store);
+    internals.all = (name, params) => {
+      ran.push(name);
+      return all(name, params);
+    };
+    await store.listTasks({ userId: 'alice', limit: 10 });
+    await store.listTasks({ userId: null, limit: 10 });
+    expect(ran).toEqual(['listTasksOfUser', 'listTasks']);
+    const db = new Database(file, { readonly: true });
+    try {
+      const plan = (
+        db
+          .prepare(`EXPLAIN QUERY PLAN ${internals.s.listTasksOfUser?.source}`)
+          .all({ user: 'alice', status: null, type: null, priority: 'high', before: 1e15, limit: 20 }) as {
+          detail: string;
+        }[]
+      ).map((r) => r.detail);
+      expect(plan[0]).toMatch(/^SEARCH tasks USING INDEX tasks_user_seq \(user_id=\? AND seq<\?\)/);
+      expect(plan.join(' ')).not.toContain('TEMP B-TREE');
+    } finally {
+      db.close();
+    }
+  });
+
   it('keeps data across close and reopen', async () => {
     dir = makeTempDir();
     const file = path.join(dir, 'agentfleet.db');
