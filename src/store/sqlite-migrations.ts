@@ -247,4 +247,22 @@ INSERT INTO task_inputs (seq, input_json) SELECT seq, input_json FROM tasks WHER
 ALTER TABLE tasks DROP COLUMN input_json;
 `,
   },
+  {
+    version: 6,
+    name: 'task checkpoints in a table of their own',
+    sql: `
+-- As the inputs (migration 5): a checkpoint may be large, and inline it was written again by the
+-- settle and by every later lease of its task. Now a save writes the checkpoint's row only, and the task
+-- row stays small. A task that never saved one has no row.
+CREATE TABLE task_checkpoints (
+  seq INTEGER PRIMARY KEY,
+  checkpoint_json TEXT NOT NULL,
+  checkpoint_at INTEGER NOT NULL
+);
+INSERT INTO task_checkpoints (seq, checkpoint_json, checkpoint_at)
+  SELECT seq, checkpoint_json, COALESCE(checkpoint_at, created_at) FROM tasks WHERE checkpoint_json IS NOT NULL;
+ALTER TABLE tasks DROP COLUMN checkpoint_json;
+ALTER TABLE tasks DROP COLUMN checkpoint_at;
+`,
+  },
 ];

@@ -359,8 +359,10 @@ function errorCode(error: unknown): string | undefined {
   return undefined;
 }
 
-/** The tasks with their inputs (migration 5): `SELECT * FROM ${TASKS}` reads a whole task row. */
-const TASKS = 'tasks LEFT JOIN task_inputs USING (seq)';
+/** A task's input and checkpoint, kept beside its row (migrations 5 and 6): written once, read with it. */
+const PAYLOADS = 'LEFT JOIN task_inputs USING (seq) LEFT JOIN task_checkpoints USING (seq)';
+/** The tasks with their payloads: `SELECT * FROM ${TASKS}` reads a whole task. */
+const TASKS = `tasks ${PAYLOADS}`;
 
 /** A page of tasks, newest first, of the users `userClause` admits; see SQL.listTasks. */
 function listTasksSql(userClause: string): string {
@@ -375,7 +377,7 @@ function listTasksSql(userClause: string): string {
  * pick another and sort the whole queue for every page.
  */
 function leasePageSql(typeFilter: string): string {
-  return `SELECT ${LEASE_COLUMNS} FROM tasks INDEXED BY tasks_queue LEFT JOIN task_inputs USING (seq)
+  return `SELECT ${LEASE_COLUMNS} FROM tasks INDEXED BY tasks_queue ${PAYLOADS}
       WHERE status = 'queued' AND run_at <= @now
       ${typeFilter} AND (priority_key < @key OR (priority_key = @key AND seq > @seq))
       ORDER BY priority_key DESC, seq ASC LIMIT @page`;
@@ -439,9 +441,12 @@ const SQL = {
       AND task_type IN (SELECT value FROM json_each(@types)) GROUP BY task_type`,
   cancelRequestedOf:
     "SELECT id FROM tasks WHERE status = 'running' AND lease_owner = @owner AND cancel_requested = 1 ORDER BY seq",
-  saveCheckpoint: `UPDATE tasks SET checkpoint_json = @state, checkpoint_at = @now
-      WHERE id = @id AND status = 'running' AND lease_token = @token`,
-  expired: `SELECT * FROM tasks INDEXED BY tasks_running_owner LEFT JOIN task_inputs USING (seq)
+  // Fenced like a settle: only the holder of the running attempt's token saves.
+  saveCheckpoint: `INSERT INTO task_checkpoints (seq, checkpoint_json, checkpoint_at)
+      SELECT seq, @state, @now FROM tasks WHERE id = @id AND status = 'running' AND lease_token = @token
+      ON CONFLICT (seq) DO UPDATE SET checkpoint_json = excluded.checkpoint_json,
+      checkpoint_at = excluded.checkpoint_at`,
+  expired: `SELECT * FROM tasks INDEXED BY tasks_running_owner ${PAYLOADS}
       WHERE status = 'running' AND lease_expires_at < @now
       ORDER BY seq`,
   // Busy agents whose recorded task is not running on them (a crash between writes, a manual edit).

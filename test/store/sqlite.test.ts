@@ -15,7 +15,7 @@ import {
   type SqliteStoreOptions,
 } from '../../src/store/sqlite.js';
 import { SQLITE_MIGRATIONS } from '../../src/store/sqlite-migrations.js';
-import type { Store } from '../../src/store/store.js';
+import type { LeasedTask, Settlement, Store } from '../../src/store/store.js';
 import { storeLeaseRequest as leaseRequest, T0, storeTask as task } from '../support/store.js';
 import { describeStoreConformance } from './conformance.js';
 
@@ -257,7 +257,7 @@ describe('SqliteStore specifics', () => {
     return db;
   }
 
-  it('upgrades a file of version 4: inputs move to task_inputs and every task reads and leases as before', async () => {
+  it('upgrades a file of version 4: inputs and checkpoints move beside the task rows, and every task reads and leases as before', async () => {
     const file = path.join(makeTempDir(), 'agentfleet.db');
     const old = fileAtVersion(file, 4);
     const insertTask =
@@ -267,11 +267,16 @@ describe('SqliteStore specifics', () => {
     const big = JSON.stringify({ diff: 'x'.repeat(50_000) });
     insertTask.run('with-input', 2, big, T0, T0);
     insertTask.run('without', 1, null, T0, T0);
+    // A checkpoint saved by an attempt that failed (the retry waits in the queue with it).
+    old
+      .prepare("UPDATE tasks SET checkpoint_json = '{\"step\":3}', checkpoint_at = ? WHERE id = 'without'")
+      .run(T0 + 500);
     old.close();
 
     const store = openStore(file);
     expect((await store.getTask('with-input', null))?.input).toEqual(JSON.parse(big));
-    expect((await store.getTask('without', null))?.input).toBeNull();
+    expect(await store.getTask('without', null)).toMatchObject({ input: null, checkpoint: { step: 3 } });
+    expect((await store.getTask('with-input', null))?.checkpoint).toBeNull();
     const leased = await store.leaseBatch(
       leaseRequest(
         'p',
@@ -282,15 +287,19 @@ describe('SqliteStore specifics', () => {
         })(),
       ),
     );
-    expect(leased.map((l) => [l.task.id, l.task.input])).toEqual([
-      ['with-input', JSON.parse(big)],
-      ['without', null],
+    expect(leased.map((l) => [l.task.id, l.task.input, l.checkpointJson])).toEqual([
+      ['with-input', JSON.parse(big), null],
+      ['without', null, '{"step":3}'],
     ]);
     await store.close();
     const db = new Database(file, { readonly: true });
     try {
       const columns = db.prepare('SELECT name FROM pragma_table_info(?)').all('tasks') as { name: string }[];
       expect(columns.map((c) => c.name)).not.toContain('input_json');
+      expect(columns.map((c) => c.name)).not.toContain('checkpoint_json');
+      expect(
+        db.prepare('SELECT t.id, c.checkpoint_at FROM task_checkpoints c JOIN tasks t USING (seq)').all(),
+      ).toEqual([{ id: 'without', checkpoint_at: T0 + 500 }]);
       expect(db.prepare('SELECT t.id FROM task_inputs JOIN tasks t USING (seq)').all()).toEqual([
         { id: 'with-input' },
       ]);
@@ -299,42 +308,55 @@ describe('SqliteStore specifics', () => {
     }
   });
 
-  it('leases and settles a task of a large input without rewriting the input: the WAL grows by a few pages', async () => {
+  it('leases, checkpoints and settles a task of a large input and checkpoint without rewriting either', async () => {
     dir = makeTempDir();
     const file = path.join(dir, 'agentfleet.db');
     const store = openStore(file);
-    // 200 KB: 50 pages of 4 KiB, each of which a rewrite would append to the WAL again.
+    // 200 KB each: 50 pages of 4 KiB, which a rewrite would append to the WAL again.
     const input = { diff: 'y'.repeat(200_000) };
+    const state = { notes: 'z'.repeat(200_000) };
     await store.submitBatch([{ ...task('big'), inputJson: JSON.stringify(input) }], LIMITS);
     const wal = `${file}-wal`;
     const other = new Database(file);
-    try {
+    // Each commit appends the pages it changed: a WAL header of 32 bytes, then a frame of 24 bytes and a
+    // page for each. The task row, its indexes, the agent and the counters are a few pages.
+    const framesSince = async (step: () => Promise<unknown>) => {
       other.pragma('wal_checkpoint(TRUNCATE)');
       expect(fs.statSync(wal).size).toBe(0);
-      const [leased] = await store.leaseBatch(leaseRequest('p', 1, () => 'agent-1'));
-      expect(leased?.task.input).toEqual(input);
-      if (!leased) throw new Error('nothing leased');
-      const [settled] = await store.settleBatch(
-        [
-          {
-            taskId: 'big',
-            token: leased.token,
-            nowMs: T0 + 2000,
-            settlement: { kind: 'succeeded', resultJson: '1' },
-          },
-        ],
-        { unhealthyThreshold: 3 },
-      );
-      expect(settled?.ok).toBe(true);
-      // Each commit appends the pages it changed (a WAL header of 32 bytes, then 24 bytes and a page per
-      // frame): the task row, its indexes, the agent, the counters; not the input's 50 pages.
-      const frames = (fs.statSync(wal).size - 32) / (24 + 4096);
-      expect(frames).toBeGreaterThan(0);
-      expect(frames).toBeLessThan(30);
+      await step();
+      return (fs.statSync(wal).size - 32) / (24 + 4096);
+    };
+    const agents = (() => {
+      let n = 0;
+      return () => `agent-${++n}`;
+    })();
+    const settle = (token: string, settlement: Settlement) =>
+      store.settleBatch([{ taskId: 'big', token, nowMs: T0 + 2000, settlement }], { unhealthyThreshold: 3 });
+    try {
+      let first: LeasedTask | undefined;
+      const leaseFrames = await framesSince(async () => {
+        [first] = await store.leaseBatch(leaseRequest('p', 1, agents));
+      });
+      if (!first) throw new Error('nothing leased');
+      expect(first.task.input).toEqual(input);
+      expect(leaseFrames).toBeGreaterThan(0);
+      expect(leaseFrames).toBeLessThan(20);
+      const token = first.token;
+      await expect(store.saveCheckpoint('big', token, JSON.stringify(state), T0 + 1500)).resolves.toBe(true);
+      // A retry, the next lease (which hands the checkpoint back) and the success: three commits.
+      let second: LeasedTask | undefined;
+      const restFrames = await framesSince(async () => {
+        await settle(token, { kind: 'retry', error: 'again', runAtMs: T0, agentFault: false });
+        [second] = await store.leaseBatch(leaseRequest('p', 1, agents));
+        if (!second) throw new Error('nothing leased');
+        await settle(second.token, { kind: 'succeeded', resultJson: '1' });
+      });
+      expect(second?.checkpointJson).toBe(JSON.stringify(state));
+      expect(restFrames).toBeLessThan(60);
     } finally {
       other.close();
     }
-    expect((await store.getTask('big', null))?.input).toEqual(input);
+    expect(await store.getTask('big', null)).toMatchObject({ status: 'succeeded', input, checkpoint: state });
   });
 
   it('upgrades a file of version 3: its succeeded attempts leave the attempts table, and every history reads as before', async () => {
