@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AgentManager } from '../../src/engine/manager.js';
 import { LEASE_AHEAD_OF_ANSWER } from '../../src/engine/processor.js';
@@ -270,6 +271,28 @@ describe('SqliteStore durability', () => {
     );
     expect(onThread).toHaveBeenCalledTimes(2);
     expect(pooled).not.toHaveBeenCalled();
+  });
+
+  it('leases from an empty queue without a write transaction: no wait for the write lock, nothing to sync', async () => {
+    const { store, wal } = openStore();
+    // Another connection holds the write lock, as another process's long transaction would.
+    const other = new Database(wal.replace(/-wal$/, ''));
+    cleanups.push(() => {
+      other.close();
+    });
+    other.prepare('BEGIN IMMEDIATE').run();
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const pooled = vi.spyOn(fs, 'fdatasync');
+    // Through a write transaction this would wait for the lock (busy_timeout) and fail unavailable.
+    await expect(store.leaseBatch(leaseRequestOf(4))).resolves.toEqual([]);
+    vi.advanceTimersByTime(10 * SYNC_DELAY_MS);
+    expect(pooled).not.toHaveBeenCalled();
+    vi.useRealTimers();
+    other.prepare('COMMIT').run();
+    // With a task queued, the lease is a transaction again and takes it.
+    await store.submitBatch([task('t1')], LIMITS);
+    const leased = await store.leaseBatch(leaseRequestOf(4));
+    expect(leased.map((l) => l.task.id)).toEqual(['t1']);
   });
 
   it('checkpoints and cancels are synced before they return', async () => {
