@@ -544,6 +544,7 @@ export class QueueProcessor {
       nowMs: this.deps.options.clock.now(),
       settlement,
       breaker: verdictOf(settlement),
+      attempt: leased.attempt,
     });
     // A delayed retry or a breaker change is what the idle loop's view of the store is about.
     if (settlement.kind === 'retry' || result.breaker) this.idleViewStale();

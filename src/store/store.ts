@@ -106,6 +106,22 @@ export interface LeasedTask {
   agentCreated: boolean;
   /** JSON text of the checkpoint saved by an earlier attempt, or null. */
   checkpointJson: string | null;
+  /** The attempt's facts as the lease wrote them, for its settle (see `SettleRequest.attempt`); optional. */
+  attempt?: LeasedAttempt;
+}
+
+/**
+ * What a lease wrote of an attempt and its settle needs again. They are the row's for as long as the
+ * lease's token is (a token is never reused), so a store may settle from them instead of reading them
+ * back. Kept apart from the task's view, which the executor receives and could change.
+ */
+export interface LeasedAttempt {
+  readonly userId: string;
+  readonly taskType: string;
+  /** The attempt's number (the task's `attempts` after the lease). */
+  readonly attempts: number;
+  readonly agentId: string;
+  readonly startedAtMs: number;
 }
 
 /** How an attempt ended. */
@@ -129,6 +145,8 @@ export interface SettleRequest {
   settlement: Settlement;
   /** What the attempt says about its type's downstream; applied to the shared breaker in the same transaction. */
   breaker?: BreakerVerdict;
+  /** `LeasedTask.attempt` of the lease being settled, when its store gave one. */
+  attempt?: LeasedAttempt;
 }
 
 /** What happened to one settle. */

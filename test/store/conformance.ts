@@ -124,9 +124,10 @@ export function describeStoreConformance(
       return leased;
     }
 
+    /** Settles as the engine does, passing the lease's attempt back when the store gave one. */
     async function settle(leased: LeasedTask, settlement: Settlement, nowMs = T0 + 2000) {
       const [result] = await store.settleBatch(
-        [{ taskId: leased.task.id, token: leased.token, nowMs, settlement }],
+        [{ taskId: leased.task.id, token: leased.token, nowMs, settlement, attempt: leased.attempt }],
         RULES,
       );
       if (!result) throw new Error('no settle result');
@@ -666,7 +667,34 @@ export function describeStoreConformance(
         const leased = await leaseOne();
         expect((await settle(leased, { kind: 'succeeded', resultJson: '"x"' })).ok).toBe(true);
         expect((await settle(leased, { kind: 'failed', error: 'late', agentFault: true })).ok).toBe(false);
-        expect((await mustGet(leased.task.id)).status).toBe('succeeded');
+        expect((await settle(leased, { kind: 'succeeded', resultJson: '"y"' })).ok).toBe(false);
+        expect(await mustGet(leased.task.id)).toMatchObject({ status: 'succeeded', result: 'x' });
+        expect((await store.stats(null)).byType[0]).toMatchObject({ succeeded: 1, executionCount: 1 });
+      });
+
+      it("a success settled without the lease's attempt reads what it needs from the row", async () => {
+        const task = await submitOne();
+        const leased = await leaseOne({ nowMs: T0 + 1000 });
+        const [result] = await store.settleBatch(
+          [
+            {
+              taskId: task.id,
+              token: leased.token,
+              nowMs: T0 + 1400,
+              settlement: { kind: 'succeeded', resultJson: '7' },
+            },
+          ],
+          RULES,
+        );
+        expect(result).toMatchObject({ ok: true, agentBecameUnhealthy: false });
+        expect(result?.agent).toMatchObject({ id: leased.agent.id, status: 'idle' });
+        expect(await mustGet(task.id)).toMatchObject({ status: 'succeeded', result: 7, attempts: 1 });
+        expect((await store.stats(null)).byType[0]).toMatchObject({
+          taskType: task.task_type,
+          succeeded: 1,
+          executionMsTotal: 400,
+          executionCount: 1,
+        });
       });
 
       it('results are in request order and a stale one does not stop the others', async () => {
@@ -680,12 +708,14 @@ export function describeStoreConformance(
               token: 'stale',
               nowMs: T0 + 2000,
               settlement: { kind: 'succeeded', resultJson: null },
+              attempt: a.attempt,
             },
             {
               taskId: b.task.id,
               token: b.token,
               nowMs: T0 + 2000,
               settlement: { kind: 'succeeded', resultJson: null },
+              attempt: b.attempt,
             },
           ],
           RULES,
