@@ -345,6 +345,31 @@ function leasedTaskView(row: CandidateRow, agentId: string, nowMs: number): Task
   };
 }
 
+/**
+ * A settle's result whose agent view is built when read, from the row `load` gives (the one the settle
+ * returned, or a read): the engine reads it only when the agent turned unhealthy, and its five
+ * timestamps as ISO strings cost more than the rest of a settle.
+ */
+function settledWithAgent(
+  load: () => AgentRow | undefined,
+  agentBecameUnhealthy: boolean,
+  changed: { breaker?: BreakerRecord },
+): SettleResult {
+  let view: AgentView | undefined;
+  return {
+    ok: true,
+    get agent(): AgentView | undefined {
+      if (view === undefined) {
+        const row = load();
+        if (row) view = toAgentView(row);
+      }
+      return view;
+    },
+    agentBecameUnhealthy,
+    ...changed,
+  };
+}
+
 /** The view of a task just inserted, built from what was inserted instead of reading it back. */
 function newTaskView(task: NewTask): TaskView {
   return {
@@ -1419,38 +1444,13 @@ export class SqliteStore implements Store {
       // view is read when asked for, which the engine does only for an agent that turned unhealthy.
       if (this.run('settleAgentQuiet', params) === 0)
         return { ok: true, agentBecameUnhealthy: false, ...changed };
-      let read: AgentView | undefined;
-      const store = this;
-      return {
-        ok: true,
-        get agent(): AgentView | undefined {
-          if (read === undefined) {
-            const row = store.agentById(agentId);
-            if (row) read = toAgentView(row);
-          }
-          return read;
-        },
-        agentBecameUnhealthy: false,
-        ...changed,
-      };
+      return settledWithAgent(() => this.agentById(agentId), false, changed);
     }
     const agent = this.row('settleAgent', params, agentRow);
     if (!agent) return { ok: true, agentBecameUnhealthy: false, ...changed };
     // A valid settle finds its agent busy (or retired): `unhealthy` now means this settle made it so.
-    const becameUnhealthy =
-      agentResult === 'fault' && agent.status === 'unhealthy' && agent.unhealthy_since === now;
-    // The view is built when read: the engine reads it only when the agent turned unhealthy, and its
-    // five timestamps as ISO strings cost more than the rest of this function.
-    let view: AgentView | undefined;
-    return {
-      ok: true,
-      get agent(): AgentView {
-        view ??= toAgentView(agent);
-        return view;
-      },
-      agentBecameUnhealthy: becameUnhealthy,
-      ...changed,
-    };
+    const becameUnhealthy = agent.status === 'unhealthy' && agent.unhealthy_since === now;
+    return settledWithAgent(() => agent, becameUnhealthy, changed);
   }
 
   /** Saves an executor's checkpoint, fenced by the token. */
