@@ -265,4 +265,21 @@ ALTER TABLE tasks DROP COLUMN checkpoint_json;
 ALTER TABLE tasks DROP COLUMN checkpoint_at;
 `,
   },
+  {
+    version: 7,
+    name: 'agent indexes an occupy and a settle do not rewrite',
+    sql: `
+-- Every task makes its agent busy at its lease and idle at its settle. Both indexes of migration 1 hold
+-- the status (agents_pick also last_used_at), so each of those updates moved two index entries. Now
+-- only idle agents are in the pick index, a lease removes one entry and a settle adds one; the user's
+-- agents are found through an index of columns that never change, and unhealthy ones through a
+-- partial index that holds only them. In a microbenchmark of the two updates (256 agents, 64 a
+-- transaction) they took 9.9 µs a task instead of 11.4.
+DROP INDEX agents_pick;
+DROP INDEX agents_status;
+CREATE INDEX agents_idle ON agents (user_id, agent_type, last_used_at, seq) WHERE status = 'idle';
+CREATE INDEX agents_user ON agents (user_id, agent_type);
+CREATE INDEX agents_unhealthy ON agents (status) WHERE status = 'unhealthy';
+`,
+  },
 ];

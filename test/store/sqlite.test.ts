@@ -457,6 +457,50 @@ describe('SqliteStore specifics', () => {
     }
   });
 
+  it("finds idle and unhealthy agents along partial indexes, and keeps the agent's status out of every other index", async () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'agentfleet.db');
+    const store = openStore(file);
+    const internals = store as unknown as {
+      s: Record<string, { source: string }>;
+      a: Record<string, { source: string }>;
+    };
+    await store.close();
+    const db = new Database(file, { readonly: true });
+    try {
+      const plan = (sql: string | undefined, params: object): string =>
+        (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(params) as { detail: string }[])
+          .map((r) => r.detail)
+          .join(' | ');
+      expect(plan(internals.a.pickAgents?.source, { user: 'alice', type: 'CodeReview', n: 4 })).toBe(
+        'SEARCH agents USING INDEX agents_idle (user_id=? AND agent_type=?)',
+      );
+      expect(plan(internals.s.cooledDown?.source, { since: T0 })).toMatch(
+        /^SEARCH agents USING INDEX agents_unhealthy/,
+      );
+      expect(plan(internals.s.unhealthyIds?.source, { user: 'alice' })).toMatch(
+        /^SEARCH agents USING INDEX agents_unhealthy/,
+      );
+      expect(plan(internals.s.countUserAgents?.source, { user: 'alice' })).toMatch(
+        /^SEARCH agents USING INDEX agents_user/,
+      );
+      // A lease and a settle change an agent's status, current task and last use: an index holding one of
+      // those is rewritten twice for every task, unless it is partial and holds few agents.
+      const changing = new Set(['status', 'current_task_id', 'last_used_at']);
+      const indexes = db.prepare('PRAGMA index_list(agents)').all() as { name: string; partial: number }[];
+      const full = indexes.filter((index) => index.partial === 0).map((index) => index.name);
+      expect(full.length).toBeGreaterThan(0);
+      for (const name of full) {
+        const columns = (db.prepare(`PRAGMA index_info(${name})`).all() as { name: string }[]).map(
+          (c) => c.name,
+        );
+        expect({ name, rewritten: columns.filter((c) => changing.has(c)) }).toEqual({ name, rewritten: [] });
+      }
+    } finally {
+      db.close();
+    }
+  });
+
   it('keeps data across close and reopen', async () => {
     dir = makeTempDir();
     const file = path.join(dir, 'agentfleet.db');
