@@ -431,7 +431,8 @@ function leasePageSql(typeFilter: string): string {
  * The settle's update of an agent: frees it (unless retired) and applies the attempt to its health. Run
  * with RETURNING after a fault (it may have made the agent unhealthy), without it otherwise. Right-hand
  * sides read the row as it was. Only a busy agent running this task goes back to idle (or turns
- * unhealthy); a retired one stays retired.
+ * unhealthy); a retired one stays retired. The row is found by its seq when the lease gave it
+ * (`LeasedAttempt.agentRow`), else through the index of its id: about 0.5 µs a settle.
  */
 const SETTLE_AGENT_SQL = `UPDATE agents SET
       current_task_id = CASE WHEN current_task_id = @task_id THEN NULL ELSE current_task_id END,
@@ -446,7 +447,7 @@ const SETTLE_AGENT_SQL = `UPDATE agents SET
         ELSE status END,
       unhealthy_since = CASE WHEN status = 'busy' AND (current_task_id IS NULL OR current_task_id = @task_id)
         AND @result = 'fault' AND consecutive_failures + 1 >= @threshold THEN @now ELSE unhealthy_since END
-      WHERE id = @id`;
+      WHERE seq = COALESCE(@seq, (SELECT seq FROM agents WHERE id = @id)) AND id = @id`;
 
 /**
  * Every statement of the store, by operation. Named parameters (`@name`) are bound from objects;
@@ -553,10 +554,6 @@ const SQL = {
 
 type StatementName = keyof typeof SQL;
 
-/** The settle's fenced update of a task that succeeded (see POSITIONAL_SQL). */
-const SETTLE_SUCCEEDED_SQL = `UPDATE tasks SET status = 'succeeded', result_json = ?, finished_at = ?
-      WHERE id = ? AND status = 'running' AND lease_token = ?`;
-
 /**
  * The statements run once for every task, with anonymous parameters bound in the order the comment
  * above each lists: better-sqlite3 binds a named parameter by looking its name up on the object passed,
@@ -568,12 +565,15 @@ const POSITIONAL_SQL = {
       finished_at = NULL, lease_owner = ?, lease_token = ?, lease_expires_at = ? WHERE seq = ?`,
   // (task_id, now, seq)
   occupyAgent: "UPDATE agents SET status = 'busy', current_task_id = ?, last_used_at = ? WHERE seq = ?",
-  // (result_json, now, id, token). The lease columns are left as they were: they only count while the
-  // status is `running`.
-  settleSucceeded: `${SETTLE_SUCCEEDED_SQL}
+  // (result_json, now, id, token): the fenced update of a task that succeeded. The lease columns are
+  // left as they were: they only count while the status is `running`.
+  settleSucceeded: `UPDATE tasks SET status = 'succeeded', result_json = ?, finished_at = ?
+      WHERE id = ? AND status = 'running' AND lease_token = ?
       RETURNING user_id, task_type, attempts, agent_id, started_at, lease_owner`,
-  // The same, when the settle has the lease's facts (SettleRequest.attempt).
-  settleSucceededQuiet: SETTLE_SUCCEEDED_SQL,
+  // (result_json, now, seq, id, token): the same, when the settle has the lease's facts
+  // (SettleRequest.attempt), the row found by its seq: about 1 µs less than through the index of ids.
+  settleSucceededQuiet: `UPDATE tasks SET status = 'succeeded', result_json = ?, finished_at = ?
+      WHERE seq = ? AND id = ? AND status = 'running' AND lease_token = ?`,
 } as const;
 
 /**
@@ -1174,6 +1174,8 @@ export class SqliteStore implements Store {
             attempts: row.attempts + 1,
             agentId: agent.id,
             startedAtMs: now,
+            taskRow: row.seq,
+            agentRow: agent.seq,
           },
         });
         if (cap !== Number.POSITIVE_INFINITY) {
@@ -1347,10 +1349,11 @@ export class SqliteStore implements Store {
       // the row.
       const attempt = request.attempt;
       let done: SettledRow | undefined;
-      if (attempt !== undefined) {
+      if (attempt?.taskRow !== undefined) {
         const { changes } = this.p.settleSucceededQuiet.run(
           settlement.resultJson,
           now,
+          attempt.taskRow,
           request.taskId,
           request.token,
         );
@@ -1429,8 +1432,10 @@ export class SqliteStore implements Store {
     const agentId = task.agent_id;
     if (agentId === null) return { ok: true, agentBecameUnhealthy: false, ...changed };
     // One statement: frees the agent (unless retired) and applies the attempt to its health.
+    const leased = request.attempt;
     const params = {
       id: agentId,
+      seq: leased?.agentId === agentId ? (leased.agentRow ?? null) : null,
       task_id: request.taskId,
       result: agentResult,
       executed: agentResult === 'none' ? 0 : 1,

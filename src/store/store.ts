@@ -122,6 +122,12 @@ export interface LeasedAttempt {
   readonly attempts: number;
   readonly agentId: string;
   readonly startedAtMs: number;
+  /**
+   * The store's own keys of the task's and the agent's rows, where it has them (SQLite's `seq`): the
+   * settle then finds each row by its key instead of through the index of its id.
+   */
+  readonly taskRow?: number;
+  readonly agentRow?: number;
 }
 
 /** How an attempt ended. */
