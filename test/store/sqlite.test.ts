@@ -501,6 +501,23 @@ describe('SqliteStore specifics', () => {
     }
   });
 
+  it('binds no LIMIT directly: a statement whose plan reads a bound value is compiled again at every run', async () => {
+    dir = makeTempDir();
+    const store = openStore(path.join(dir, 'agentfleet.db'));
+    const internals = store as unknown as Record<'s' | 'a' | 'p', Record<string, { source: string }>>;
+    const limits: string[] = [];
+    for (const group of [internals.s, internals.a, internals.p]) {
+      for (const [name, statement] of Object.entries(group)) {
+        for (const match of statement.source.matchAll(/LIMIT\s+(\S+(?:\s*\+\s*0)?)/g))
+          limits.push(`${name}: ${match[1]}`);
+      }
+    }
+    await store.close();
+    // The lease scan, the pick of agents and the listings each bind their limit.
+    expect(limits.length).toBeGreaterThanOrEqual(5);
+    for (const limit of limits) expect(limit).toMatch(/: (\d+|[@?$:]\w*\s*\+\s*0)$/);
+  });
+
   it('keeps data across close and reopen', async () => {
     dir = makeTempDir();
     const file = path.join(dir, 'agentfleet.db');
