@@ -538,6 +538,14 @@ const SQL = {
   settleAgentQuiet: SETTLE_AGENT_SQL,
   listAgents: `SELECT * FROM agents WHERE ${USER_FILTER} AND (@status IS NULL OR status = @status)
       AND (@type IS NULL OR agent_type = @type) ORDER BY created_at, seq`,
+  // The counters of the transitions the store counts itself (migration 8): n tasks of a user leave one
+  // status and enter another.
+  countLeave: 'UPDATE task_counts SET n = n - @n WHERE user_id = @user AND status = @status',
+  countEnter: `INSERT INTO task_counts (user_id, status, n) VALUES (@user, @status, @n)
+      ON CONFLICT (user_id, status) DO UPDATE SET n = n + excluded.n`,
+  statusLeave: 'UPDATE status_counts SET n = n - @n WHERE status = @status',
+  statusEnter: `INSERT INTO status_counts (status, n) VALUES (@status, @n)
+      ON CONFLICT (status) DO UPDATE SET n = n + excluded.n`,
   countTasksAll: 'SELECT status, n FROM status_counts',
   countTasksOf: 'SELECT status, n FROM task_counts WHERE user_id = @user',
   countAgents: `SELECT status, COUNT(*) AS n FROM agents WHERE ${USER_FILTER} GROUP BY status`,
@@ -641,6 +649,8 @@ export class SqliteStore implements Store {
   private readonly p: Record<keyof typeof POSITIONAL_SQL, Stmt>;
   /** Inside settleBatch: type_stats increments summed per (user, type), written once at the end. */
   private statsBatch: Map<string, StatsBump> | null = null;
+  /** Inside settleBatch: tasks that succeeded, per user, counted once at the end (see countMoves). */
+  private succeededBatch: Map<string, number> | null = null;
   /** Inside settleBatch: each type's breaker as this batch last left it. */
   private breakerBatch: Map<string, BreakerRecord> | null = null;
   /** Syncs the WAL when commits must be durable (`synchronous: 'full'`, the default, on a file). */
@@ -1034,6 +1044,8 @@ export class SqliteStore implements Store {
   private leaseInTransaction(request: LeaseRequest): LeasedTask[] {
     const leased: LeasedTask[] = [];
     if (request.limit <= 0) return leased;
+    // Tasks leased per user, for the counters (see countMoves).
+    const started = new Map<string, number>();
     const now = request.nowMs;
     // The collections below that most leases never fill are made when first needed: a lease of a task or
     // two into idle slots (every submit at a low rate) made ten, 3.8 KB of its 43 KB a task.
@@ -1172,6 +1184,7 @@ export class SqliteStore implements Store {
         const token = tokenPrefix + leased.length.toString(16).padStart(8, '0');
         this.p.leaseTask.run(agent.id, now, request.owner, token, now + request.leaseMs, row.seq);
         this.p.occupyAgent.run(row.id, now, agent.seq);
+        started.set(row.user_id, (started.get(row.user_id) ?? 0) + 1);
         // The views are the rows as just updated; reading them back would cost two queries per task.
         leased.push({
           task: leasedTaskView(row, agent.id, now),
@@ -1199,7 +1212,25 @@ export class SqliteStore implements Store {
       if (done || page.length < pageSize) break;
       pageSize = LEASE_PAGE;
     }
+    this.countMoves(started, 'queued', 'running');
     return leased;
+  }
+
+  /**
+   * Moves tasks between two statuses in the counters, `moved` of each user: the transitions the update
+   * trigger leaves to the store (a lease, queued to running, and a success, running to succeeded;
+   * migration 8), written once per user and transaction instead of four statements per task.
+   */
+  private countMoves(moved: ReadonlyMap<string, number>, from: TaskStatus, to: TaskStatus): void {
+    let total = 0;
+    for (const [user, n] of moved) {
+      this.run('countLeave', { user, status: from, n });
+      this.run('countEnter', { user, status: to, n });
+      total += n;
+    }
+    if (total === 0) return;
+    this.run('statusLeave', { status: from, n: total });
+    this.run('statusEnter', { status: to, n: total });
   }
 
   /** Inserts an idle agent; returns its row as stored. */
@@ -1279,13 +1310,17 @@ export class SqliteStore implements Store {
     // Totals are summed per (user, type) and each breaker is read once per batch.
     this.statsBatch = new Map();
     this.breakerBatch = new Map();
+    const succeeded = new Map<string, number>();
+    this.succeededBatch = succeeded;
     try {
       const results = requests.map((request) => this.settleOne(request, rules));
       for (const row of this.statsBatch.values()) this.run('bumpStats', { ...row });
+      this.countMoves(succeeded, 'running', 'succeeded');
       return results;
     } finally {
       this.statsBatch = null;
       this.breakerBatch = null;
+      this.succeededBatch = null;
     }
   }
 
@@ -1384,6 +1419,9 @@ export class SqliteStore implements Store {
           | undefined;
       }
       if (!done) return { ok: false, agentBecameUnhealthy: false };
+      const succeeded = this.succeededBatch;
+      if (succeeded === null) this.countMoves(new Map([[done.user_id, 1]]), 'running', 'succeeded');
+      else succeeded.set(done.user_id, (succeeded.get(done.user_id) ?? 0) + 1);
       const startedAt = done.started_at ?? now;
       const executionMs = Math.max(0, now - startedAt);
       this.bumpStats(done.user_id, done.task_type, { succeeded: 1, executionMs });

@@ -518,6 +518,71 @@ describe('SqliteStore specifics', () => {
     for (const limit of limits) expect(limit).toMatch(/: (\d+|[@?$:]\w*\s*\+\s*0)$/);
   });
 
+  it('keeps every counter equal to a count of the tasks, through leases, settles, cancels, requeues and reclaims', async () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'agentfleet.db');
+    const store = openStore(file);
+    const ids = ['a1', 'a2', 'a3', 'a4', 'a5', 'a6', 'b1', 'b2', 'b3'];
+    await store.submitBatch(
+      ids.map((id) => task(id, id.startsWith('a') ? 'alice' : 'bob')),
+      LIMITS,
+    );
+    let agents = 0;
+    const leased = await store.leaseBatch(leaseRequest('p1', 7, () => `agent-${++agents}`));
+    expect(leased).toHaveLength(7);
+    const byId = new Map(leased.map((l) => [l.task.id, l]));
+    const settle = (id: string, settlement: Settlement, withAttempt = true) => {
+      const l = byId.get(id);
+      if (!l) throw new Error(`${id} not leased`);
+      return {
+        taskId: id,
+        token: l.token,
+        nowMs: T0 + 2000,
+        settlement,
+        ...(withAttempt && l.attempt ? { attempt: l.attempt } : {}),
+      };
+    };
+    const leasedIds = leased.map((l) => l.task.id);
+    const [s1, s2, s3, s4, s5, s6] = leasedIds as [string, string, string, string, string, string, string];
+    await store.settleBatch(
+      [
+        settle(s1, { kind: 'succeeded', resultJson: null }),
+        settle(s2, { kind: 'succeeded', resultJson: '{}' }, false),
+        settle(s3, { kind: 'retry', error: 'e', runAtMs: T0 + 3000, agentFault: false }),
+        settle(s4, { kind: 'failed', error: 'e', agentFault: true }),
+        // A second settle of the same attempt is refused and counts nothing.
+        settle(s1, { kind: 'succeeded', resultJson: null }),
+      ],
+      { unhealthyThreshold: 3 },
+    );
+    await store.settleBatch([settle(s5, { kind: 'succeeded', resultJson: null })], { unhealthyThreshold: 3 });
+    await store.requestCancel(s6, null, T0 + 2500);
+    const queued = ids.filter((id) => !leasedIds.includes(id));
+    for (const id of queued) await store.requestCancel(id, null, T0 + 2500);
+    await store.requeueFailed(s4, null, T0 + 4000, LIMITS);
+    // The last leased attempt's lease runs out.
+    await store.reclaimExpired(T0 + 60_000);
+    await store.close();
+    const db = new Database(file, { readonly: true });
+    try {
+      const byUser = db
+        .prepare(
+          'SELECT user_id, status, COUNT(*) AS n FROM tasks GROUP BY user_id, status ORDER BY user_id, status',
+        )
+        .all();
+      const byStatus = db
+        .prepare('SELECT status, COUNT(*) AS n FROM tasks GROUP BY status ORDER BY status')
+        .all();
+      expect(byUser.length).toBeGreaterThanOrEqual(5);
+      expect(db.prepare('SELECT * FROM task_counts WHERE n <> 0 ORDER BY user_id, status').all()).toEqual(
+        byUser,
+      );
+      expect(db.prepare('SELECT * FROM status_counts WHERE n <> 0 ORDER BY status').all()).toEqual(byStatus);
+    } finally {
+      db.close();
+    }
+  });
+
   it('keeps data across close and reopen', async () => {
     dir = makeTempDir();
     const file = path.join(dir, 'agentfleet.db');
