@@ -462,23 +462,24 @@ export class QueueProcessor {
   ): Promise<void> {
     const { options, checkpoints, events } = this.deps;
     const { clock, logger } = options;
-    const { task, token, agent } = leased;
+    const { task, token, agentId } = leased;
     events.emit({
       type: 'task.started',
       at: isoTime(clock.now()),
       user_id: task.user_id,
       task_id: task.id,
-      agent_id: agent.id,
+      agent_id: agentId,
       task_type: task.task_type,
       data: { attempt: task.attempts },
     });
     if (leased.agentCreated) {
+      // An agent runs tasks of its own user and type only.
       events.emit({
         type: 'agent.created',
         at: isoTime(clock.now()),
-        user_id: agent.user_id,
-        agent_id: agent.id,
-        task_type: agent.agent_type,
+        user_id: task.user_id,
+        agent_id: agentId,
+        task_type: task.task_type,
       });
     }
     let settlement: Settlement;
@@ -502,7 +503,7 @@ export class QueueProcessor {
               }
             },
             log: (message, data) =>
-              logger.info({ ...data, task_id: task.id, attempt: task.attempts, agent_id: agent.id }, message),
+              logger.info({ ...data, task_id: task.id, attempt: task.attempts, agent_id: agentId }, message),
           }),
         entry,
       );
@@ -612,7 +613,7 @@ export class QueueProcessor {
     usage: TokenUsage | undefined,
   ): void {
     const { events, options } = this.deps;
-    const { task, agent } = leased;
+    const { task, agentId } = leased;
     const at = isoTime(options.clock.now());
     if (!result.ok) {
       options.logger.warn(
@@ -630,18 +631,18 @@ export class QueueProcessor {
       at,
       user_id: task.user_id,
       task_id: task.id,
-      agent_id: agent.id,
+      agent_id: agentId,
       task_type: task.task_type,
       data,
     });
     if (result.agentBecameUnhealthy) {
-      options.logger.warn({ agent_id: agent.id, task_type: agent.agent_type }, 'agent is unhealthy');
+      options.logger.warn({ agent_id: agentId, task_type: task.task_type }, 'agent is unhealthy');
       events.emit({
         type: 'agent.unhealthy',
         at,
-        user_id: agent.user_id,
-        agent_id: agent.id,
-        task_type: agent.agent_type,
+        user_id: task.user_id,
+        agent_id: agentId,
+        task_type: task.task_type,
         data: { consecutive_failures: result.agent?.health.consecutive_failures ?? null },
       });
     }

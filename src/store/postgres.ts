@@ -775,6 +775,7 @@ export class PostgresStore implements Store {
     return rows.map((r) => ({
       task: toTaskView(r.o_task),
       token: r.o_token,
+      agentId: r.o_agent.id,
       agent: toAgentView(r.o_agent),
       agentCreated: r.o_created,
       checkpointJson: r.o_task.checkpoint_json,

@@ -100,7 +100,12 @@ export interface LeasedTask {
   task: TaskView;
   /** Fencing token: every settle and checkpoint of this attempt must present it. */
   token: string;
-  /** The agent the task runs on, already `busy`. */
+  /** The id of the agent the task runs on (`agent.id`, without building the view). */
+  agentId: string;
+  /**
+   * The agent the task runs on, already `busy`. A store may build it when it is first read, from the
+   * agent as it is then: the engine reads only `agentId`.
+   */
   agent: AgentView;
   /** True when the agent was created for this task. */
   agentCreated: boolean;

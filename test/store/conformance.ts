@@ -438,6 +438,7 @@ export function describeStoreConformance(
         });
         expect(leased.token).toMatch(/^[0-9a-f]{32}$/);
         expect(leased.agent).toMatchObject({ status: 'busy', current_task_id: task.id, user_id: 'alice' });
+        expect(leased.agentId).toBe(leased.agent.id);
         expect(leased.checkpointJson).toBeNull();
         const detail = await mustGet(task.id);
         expect(detail.attempt_history).toMatchObject([
