@@ -140,7 +140,7 @@ export class AgentManager {
       this.options,
       this.checkpoints,
       clock,
-      () => this.taskTypes(),
+      this.executors,
       (outcomes) => this.committed(outcomes),
     );
     this.health = new HealthMonitor(store, { unhealthyThreshold: this.options.healthUnhealthyThreshold });

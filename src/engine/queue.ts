@@ -37,7 +37,8 @@ export class TaskQueue {
     private readonly options: ResolvedOptions,
     private readonly checkpoints: CheckpointManager,
     private readonly clock: Clock,
-    private readonly knownTypes: () => readonly string[],
+    /** The task types that have an executor (the manager's executors by type). */
+    private readonly knownTypes: ReadonlyMap<string, unknown>,
     /** Called with a batch's outcomes once it is committed, before its submits resolve (see Store). */
     onCommitted: (outcomes: readonly SubmitOutcome[]) => void,
   ) {
@@ -104,8 +105,9 @@ export class TaskQueue {
     if (typeof task_type !== 'string' || task_type.length === 0) {
       throw new ValidationError('task_type', 'is required and must be a non-empty string');
     }
-    const types = this.knownTypes();
-    if (!types.includes(task_type)) throw new UnknownTaskTypeError(task_type, types);
+    if (!this.knownTypes.has(task_type)) {
+      throw new UnknownTaskTypeError(task_type, [...this.knownTypes.keys()].sort());
+    }
     if (typeof description !== 'string')
       throw new ValidationError('description', 'is required and must be a string');
     if (description.length > this.options.maxDescriptionLength) {
