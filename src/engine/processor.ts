@@ -11,7 +11,13 @@ import {
   TaskTimeoutError,
 } from '../domain/errors.js';
 import { newId } from '../domain/ids.js';
-import { type Executor, type TokenUsage, tokenUsageOf } from '../executors/executor.js';
+import type { TaskView } from '../domain/task.js';
+import {
+  type ExecutionContext,
+  type Executor,
+  type TokenUsage,
+  tokenUsageOf,
+} from '../executors/executor.js';
 import type { LeasedTask, Settlement, SettleRequest, SettleResult, Store } from '../store/store.js';
 import type { BackpressureManager } from './backpressure.js';
 import { Batcher } from './batcher.js';
@@ -462,7 +468,7 @@ export class QueueProcessor {
   ): Promise<void> {
     const { options, checkpoints, events } = this.deps;
     const { clock, logger } = options;
-    const { task, token, agentId } = leased;
+    const { task, agentId } = leased;
     events.emit({
       type: 'task.started',
       at: isoTime(clock.now()),
@@ -487,24 +493,9 @@ export class QueueProcessor {
     try {
       if (!binding) throw new TaskFailedError(`no executor is configured for task type ${task.task_type}`);
       const result = await runAbortable(
-        () =>
-          binding.executor.run(task, {
-            get signal() {
-              return signalOf(entry);
-            },
-            attempt: task.attempts,
-            lastCheckpoint: checkpoints.parse(leased.checkpointJson),
-            checkpoint: async (state) => {
-              try {
-                await checkpoints.save(task.id, token, state, clock.now());
-              } catch (error) {
-                if (isAgentfleetError(error, 'stale_lease')) abortAttempt(entry, error);
-                throw error;
-              }
-            },
-            log: (message, data) =>
-              logger.info({ ...data, task_id: task.id, attempt: task.attempts, agent_id: agentId }, message),
-          }),
+        binding.executor,
+        task,
+        new AttemptContext(this.deps, leased, entry, checkpoints.parse(leased.checkpointJson)),
         entry,
       );
       settlement = {
@@ -709,28 +700,69 @@ function signalOf(entry: RunningTask): AbortSignal {
 }
 
 /**
- * Runs an executor call but settles as soon as the attempt is interrupted, so an executor that ignores
- * its signal cannot hold a slot past a cancel, a timeout or the drain deadline.
+ * What an executor is given for one attempt. A class, so that its getter and methods are its
+ * prototype's: an object literal made a closure for each of them at every start of a task.
  */
-function runAbortable<T>(run: () => Promise<T>, entry: RunningTask): Promise<T> {
-  if (entry.aborted) return Promise.reject(entry.aborted.reason);
-  return new Promise<T>((resolve, reject) => {
-    entry.interrupt = reject;
-    let call: Promise<T>;
+class AttemptContext implements ExecutionContext {
+  readonly attempt: number;
+  readonly lastCheckpoint: unknown;
+  readonly #deps: ProcessorDeps;
+  readonly #leased: LeasedTask;
+  readonly #entry: RunningTask;
+
+  constructor(deps: ProcessorDeps, leased: LeasedTask, entry: RunningTask, lastCheckpoint: unknown) {
+    this.#deps = deps;
+    this.#leased = leased;
+    this.#entry = entry;
+    this.attempt = leased.task.attempts;
+    this.lastCheckpoint = lastCheckpoint;
+  }
+
+  get signal(): AbortSignal {
+    return signalOf(this.#entry);
+  }
+
+  async checkpoint(state: unknown): Promise<void> {
+    const { task, token } = this.#leased;
     try {
-      call = Promise.resolve(run());
+      await this.#deps.checkpoints.save(task.id, token, state, this.#deps.options.clock.now());
     } catch (error) {
-      call = Promise.reject(error);
+      if (isAgentfleetError(error, 'stale_lease')) abortAttempt(this.#entry, error);
+      throw error;
     }
-    call.then(
-      (value) => {
-        entry.interrupt = null;
-        resolve(value);
-      },
-      (error: unknown) => {
-        entry.interrupt = null;
-        reject(error);
-      },
+  }
+
+  log(message: string, data?: Record<string, unknown>): void {
+    const { task, agentId } = this.#leased;
+    this.#deps.options.logger.info(
+      { ...data, task_id: task.id, attempt: task.attempts, agent_id: agentId },
+      message,
     );
+  }
+}
+
+/**
+ * Runs an executor but settles as soon as the attempt is interrupted, so an executor that ignores its
+ * signal cannot hold a slot past a cancel, a timeout or the drain deadline. The run's outcome goes
+ * straight to the returned promise's own functions; an interrupt after it has settled changes nothing.
+ */
+function runAbortable(
+  executor: Executor,
+  task: TaskView,
+  ctx: ExecutionContext,
+  entry: RunningTask,
+): Promise<unknown> {
+  if (entry.aborted) return Promise.reject(entry.aborted.reason);
+  return new Promise<unknown>((resolve, reject) => {
+    entry.interrupt = reject;
+    let call: Promise<unknown>;
+    try {
+      call = executor.run(task, ctx);
+    } catch (error) {
+      reject(error);
+      return;
+    }
+    // An executor that is not an async function may return a plain value.
+    Promise.resolve(call).then(resolve, reject);
   });
 }

@@ -357,62 +357,71 @@ function leasedTaskView(row: CandidateRow, agentId: string, nowMs: number): Task
   };
 }
 
+/** What a settle that left its type's breaker as it was adds to its result. */
+const NO_BREAKER_CHANGE: { breaker?: BreakerRecord } = Object.freeze({});
+
 /**
  * A settle's result whose agent view is built when read, from the row `load` gives (the one the settle
  * returned, or a read): the engine reads it only when the agent turned unhealthy, and its five
- * timestamps as ISO strings cost more than the rest of a settle.
+ * timestamps as ISO strings cost more than the rest of a settle. A class, so that the getter is its
+ * prototype's: an object literal with a getter made a closure and an accessor for every settle.
  */
-function settledWithAgent(
-  load: () => AgentRow | undefined,
-  agentBecameUnhealthy: boolean,
-  changed: { breaker?: BreakerRecord },
-): SettleResult {
-  let view: AgentView | undefined;
-  return {
-    ok: true,
-    get agent(): AgentView | undefined {
-      if (view === undefined) {
-        const row = load();
-        if (row) view = toAgentView(row);
-      }
-      return view;
-    },
-    agentBecameUnhealthy,
-    ...changed,
-  };
+class SettledWithAgent implements SettleResult {
+  readonly ok = true;
+  declare readonly breaker?: BreakerRecord;
+  readonly #agentId: string;
+  readonly #load: (id: string) => AgentRow | undefined;
+  #view: AgentView | undefined;
+
+  constructor(
+    agentId: string,
+    load: (id: string) => AgentRow | undefined,
+    readonly agentBecameUnhealthy: boolean,
+    breaker: BreakerRecord | undefined,
+  ) {
+    this.#agentId = agentId;
+    this.#load = load;
+    if (breaker) (this as { breaker?: BreakerRecord }).breaker = breaker;
+  }
+
+  get agent(): AgentView | undefined {
+    if (this.#view === undefined) {
+      const row = this.#load(this.#agentId);
+      if (row) this.#view = toAgentView(row);
+    }
+    return this.#view;
+  }
 }
 
 /**
  * A leased task whose agent view is built when first read, by `load` (the agent as it is then): the
  * engine reads only the id, and the view's five timestamps as ISO strings cost more than the pick of the
- * agent.
+ * agent. A class, as SettledWithAgent.
  */
-function leasedWithAgent(
-  task: TaskView,
-  token: string,
-  agentId: string,
-  load: () => AgentRow | undefined,
-  agentCreated: boolean,
-  checkpointJson: string | null,
-  attempt: LeasedAttempt,
-): LeasedTask {
-  let view: AgentView | undefined;
-  return {
-    task,
-    token,
-    agentId,
-    get agent(): AgentView {
-      if (view === undefined) {
-        const row = load();
-        if (!row) throw new StoreUnavailableError(`agent ${agentId} of a lease is gone from the store`);
-        view = toAgentView(row);
-      }
-      return view;
-    },
-    agentCreated,
-    checkpointJson,
-    attempt,
-  };
+class LeasedWithAgent implements LeasedTask {
+  readonly #load: (id: string) => AgentRow | undefined;
+  #view: AgentView | undefined;
+
+  constructor(
+    readonly task: TaskView,
+    readonly token: string,
+    readonly agentId: string,
+    load: (id: string) => AgentRow | undefined,
+    readonly agentCreated: boolean,
+    readonly checkpointJson: string | null,
+    readonly attempt: LeasedAttempt,
+  ) {
+    this.#load = load;
+  }
+
+  get agent(): AgentView {
+    if (this.#view === undefined) {
+      const row = this.#load(this.agentId);
+      if (!row) throw new StoreUnavailableError(`agent ${this.agentId} of a lease is gone from the store`);
+      this.#view = toAgentView(row);
+    }
+    return this.#view;
+  }
 }
 
 /** The view of a task just inserted, built from what was inserted instead of reading it back. */
@@ -966,6 +975,9 @@ export class SqliteStore implements Store {
     return this.get<AgentRow>('agentById', { id, user: null });
   }
 
+  /** `agentById`, made once, for the views built when read (LeasedWithAgent, SettledWithAgent). */
+  private readonly loadAgent = (id: string): AgentRow | undefined => this.agentById(id);
+
   /** Adds to a (user, type) row of `type_stats`; inside a settle batch, once per row at the end of the batch. */
   private bumpStats(userId: string, taskType: string, delta: StatsDelta): void {
     const executed = delta.executionMs !== undefined;
@@ -1240,11 +1252,11 @@ export class SqliteStore implements Store {
         // agent's is read when first asked for (the engine does not).
         const agentId = agent.id;
         leased.push(
-          leasedWithAgent(
+          new LeasedWithAgent(
             leasedTaskView(row, agentId, now),
             token,
             agentId,
-            () => this.agentById(agentId),
+            this.loadAgent,
             agentCreated,
             row.checkpoint_json,
             {
@@ -1520,7 +1532,7 @@ export class SqliteStore implements Store {
       request,
       rules.breakerRules ?? SPEC_BREAKER_RULES,
     );
-    const changed = breaker ? { breaker } : {};
+    const changed = breaker ? { breaker } : NO_BREAKER_CHANGE;
     // A succeeded attempt has no row: the task row describes it (see getTask).
     if (outcome !== 'succeeded')
       this.run('insertAttempt', {
@@ -1554,13 +1566,13 @@ export class SqliteStore implements Store {
       // view is read when asked for, which the engine does only for an agent that turned unhealthy.
       if (this.run('settleAgentQuiet', params) === 0)
         return { ok: true, agentBecameUnhealthy: false, ...changed };
-      return settledWithAgent(() => this.agentById(agentId), false, changed);
+      return new SettledWithAgent(agentId, this.loadAgent, false, breaker);
     }
     const agent = this.row('settleAgent', params, agentRow);
     if (!agent) return { ok: true, agentBecameUnhealthy: false, ...changed };
     // A valid settle finds its agent busy (or retired): `unhealthy` now means this settle made it so.
     const becameUnhealthy = agent.status === 'unhealthy' && agent.unhealthy_since === now;
-    return settledWithAgent(() => agent, becameUnhealthy, changed);
+    return new SettledWithAgent(agentId, () => agent, becameUnhealthy, breaker);
   }
 
   /** Saves an executor's checkpoint, fenced by the token. */
