@@ -527,6 +527,10 @@ describe('SqliteStore specifics', () => {
       ids.map((id) => task(id, id.startsWith('a') ? 'alice' : 'bob')),
       LIMITS,
     );
+    // A duplicate of an idempotent submit inserts nothing and counts nothing.
+    const once = { ...task('k1', 'bob'), idempotencyKey: 'k', priorityKey: task('k1').priorityKey - 1 };
+    await store.submitBatch([once, { ...once, id: 'k2' }], LIMITS);
+    await store.submitBatch([{ ...once, id: 'k3' }], LIMITS);
     let agents = 0;
     const leased = await store.leaseBatch(leaseRequest('p1', 7, () => `agent-${++agents}`));
     expect(leased).toHaveLength(7);
