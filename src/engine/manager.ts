@@ -135,13 +135,8 @@ export class AgentManager {
     );
     this.startedAtMs = clock.now();
     this.checkpoints = new CheckpointManager(store, this.options.maxPayloadBytes);
-    this.queue = new TaskQueue(
-      store,
-      this.options,
-      this.checkpoints,
-      clock,
-      this.executors,
-      (outcomes) => this.committed(outcomes),
+    this.queue = new TaskQueue(store, this.options, this.checkpoints, clock, this.executors, (outcomes) =>
+      this.committed(outcomes),
     );
     this.health = new HealthMonitor(store, { unhealthyThreshold: this.options.healthUnhealthyThreshold });
     this.processor = new QueueProcessor({
