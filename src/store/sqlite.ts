@@ -523,7 +523,8 @@ const SQL = {
   taskBySeq: `SELECT * FROM ${TASKS} WHERE seq = @seq`,
   taskByKey: `SELECT * FROM ${TASKS} WHERE user_id = @user AND idempotency_key = @key`,
   insertInput: 'INSERT INTO task_inputs (seq, input_json) VALUES (@seq, @input_json)',
-  // Counts come from the counters the triggers of migration 3 keep, not from the queue.
+  // Counts come from the counters of migration 3, not from the queue: its triggers keep them, and the
+  // store itself for a submit, a lease and a success (countMoves, migrations 8 and 9).
   countQueued: "SELECT COALESCE((SELECT n FROM status_counts WHERE status = 'queued'), 0) AS n",
   countUserActive:
     "SELECT COALESCE(SUM(n), 0) AS n FROM task_counts WHERE user_id = @user AND status IN ('queued', 'running')",
