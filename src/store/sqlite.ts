@@ -357,8 +357,12 @@ function leasedTaskView(row: CandidateRow, agentId: string, nowMs: number): Task
   };
 }
 
-/** What a settle that left its type's breaker as it was adds to its result. */
-const NO_BREAKER_CHANGE: { breaker?: BreakerRecord } = Object.freeze({});
+/** A valid settle's result with no agent to show, and the type's breaker when the settle changed it. */
+function settledWithoutAgent(breaker: BreakerRecord | undefined): SettleResult {
+  return breaker
+    ? { ok: true, agentBecameUnhealthy: false, breaker }
+    : { ok: true, agentBecameUnhealthy: false };
+}
 
 /**
  * A settle's result whose agent view is built when read, from the row `load` gives (the one the settle
@@ -535,8 +539,6 @@ const SQL = {
   attemptsOf: 'SELECT * FROM attempts WHERE task_id = @task_id ORDER BY id',
   countUserAgents: "SELECT COUNT(*) AS n FROM agents WHERE user_id = @user AND status <> 'retired'",
   countUserAgentsOfType: 'SELECT COUNT(*) AS n FROM agents WHERE user_id = @user AND agent_type = @type',
-  insertAgent: `INSERT INTO agents (id, user_id, agent_type, name, status, created_at)
-      VALUES (@id, @user_id, @agent_type, @name, 'idle', @created_at) RETURNING *`,
   agentById: `SELECT * FROM agents WHERE id = @id AND ${USER_FILTER}`,
   updateAgent: AGENT_UPDATE_SQL,
   // Fencing: only the holder of the current lease token can settle a running task.
@@ -637,9 +639,9 @@ const POSITIONAL_SQL = {
   // (agent_id, now, owner, token, expires, seq)
   leaseTask: `UPDATE tasks SET status = 'running', attempts = attempts + 1, agent_id = ?, started_at = ?,
       finished_at = NULL, lease_owner = ?, lease_token = ?, lease_expires_at = ? WHERE seq = ?`,
-  // (id, user_id, agent_type, name, created_at): an agent a lease creates. Returning the row as an object
-  // cost 14–17 µs an agent in a microbenchmark, this 5; the first leases of a burst create hundreds.
-  insertLeaseAgent: `INSERT INTO agents (id, user_id, agent_type, name, status, created_at)
+  // (id, user_id, agent_type, name, created_at): a new idle agent. Returning the row as an object cost
+  // 14–17 µs an agent in a microbenchmark, this 5; the first leases of a burst create hundreds.
+  insertAgent: `INSERT INTO agents (id, user_id, agent_type, name, status, created_at)
       VALUES (?, ?, ?, ?, 'idle', ?)`,
   // (task_id, now, seq)
   occupyAgent: "UPDATE agents SET status = 'busy', current_task_id = ?, last_used_at = ? WHERE seq = ?",
@@ -710,8 +712,6 @@ export class SqliteStore implements Store {
   private readonly p: Record<keyof typeof POSITIONAL_SQL, Stmt>;
   /** Inside settleBatch: type_stats increments summed per (user, type), written once at the end. */
   private statsBatch: Map<string, StatsBump> | null = null;
-  /** Inside settleBatch: tasks that succeeded, per user, counted once at the end (see countMoves). */
-  private succeededBatch: Map<string, number> | null = null;
   /** Inside settleBatch: each type's breaker as this batch last left it. */
   private breakerBatch: Map<string, BreakerRecord> | null = null;
   /** Syncs the WAL when commits must be durable (`synchronous: 'full'`, the default, on a file). */
@@ -1244,15 +1244,13 @@ export class SqliteStore implements Store {
             (ofType.get(pair) ??
               this.count('countUserAgentsOfType', { user: row.user_id, type: row.task_type })) + 1;
           // The lease needs the new agent's keys only; its view is read if asked for (LeasedWithAgent).
-          const id = request.newAgentId();
-          const created = this.p.insertLeaseAgent.run(
-            id,
-            row.user_id,
-            row.task_type,
-            `${row.task_type}-${n}`,
-            now,
-          );
-          agent = { seq: Number(created.lastInsertRowid), id };
+          agent = this.insertAgent({
+            id: request.newAgentId(),
+            userId: row.user_id,
+            agentType: row.task_type,
+            name: `${row.task_type}-${n}`,
+            createdAtMs: now,
+          });
           owned.set(row.user_id, userAgents + 1);
           ofType.set(pair, n);
           agentCreated = true;
@@ -1315,17 +1313,16 @@ export class SqliteStore implements Store {
     this.run('statusEnter', { status: to, n: total });
   }
 
-  /** Inserts an idle agent; returns its row as stored. */
-  private insertAgent(agent: NewAgent): AgentRow {
-    const row = this.get<AgentRow>('insertAgent', {
-      id: agent.id,
-      user_id: agent.userId,
-      agent_type: agent.agentType,
-      name: agent.name,
-      created_at: agent.createdAtMs,
-    });
-    if (!row) throw new Error(`agent ${agent.id} was not inserted`);
-    return row;
+  /** Inserts an idle agent; returns its keys. */
+  private insertAgent(agent: NewAgent): PickedAgent {
+    const { lastInsertRowid } = this.p.insertAgent.run(
+      agent.id,
+      agent.userId,
+      agent.agentType,
+      agent.name,
+      agent.createdAtMs,
+    );
+    return { seq: Number(lastInsertRowid), id: agent.id };
   }
 
   /** Extends every lease `owner` holds; returns its running tasks whose cancel was requested. */
@@ -1392,17 +1389,16 @@ export class SqliteStore implements Store {
     // Totals are summed per (user, type) and each breaker is read once per batch.
     this.statsBatch = new Map();
     this.breakerBatch = new Map();
+    // Tasks that succeeded, per user, counted once at the end (see countMoves).
     const succeeded = new Map<string, number>();
-    this.succeededBatch = succeeded;
     try {
-      const results = requests.map((request) => this.settleOne(request, rules));
+      const results = requests.map((request) => this.settleOne(request, rules, succeeded));
       for (const row of this.statsBatch.values()) this.run('bumpStats', { ...row });
       this.countMoves(succeeded, 'running', 'succeeded');
       return results;
     } finally {
       this.statsBatch = null;
       this.breakerBatch = null;
-      this.succeededBatch = null;
     }
   }
 
@@ -1468,7 +1464,11 @@ export class SqliteStore implements Store {
     return after;
   }
 
-  private settleOne(request: SettleRequest, rules: HealthRules): SettleResult {
+  private settleOne(
+    request: SettleRequest,
+    rules: HealthRules,
+    succeeded: Map<string, number>,
+  ): SettleResult {
     const now = request.nowMs;
     const settlement = request.settlement;
     if (settlement.kind === 'succeeded') {
@@ -1501,9 +1501,7 @@ export class SqliteStore implements Store {
           | undefined;
       }
       if (!done) return { ok: false, agentBecameUnhealthy: false };
-      const succeeded = this.succeededBatch;
-      if (succeeded === null) this.countMoves(new Map([[done.user_id, 1]]), 'running', 'succeeded');
-      else succeeded.set(done.user_id, (succeeded.get(done.user_id) ?? 0) + 1);
+      succeeded.set(done.user_id, (succeeded.get(done.user_id) ?? 0) + 1);
       const startedAt = done.started_at ?? now;
       const executionMs = Math.max(0, now - startedAt);
       this.bumpStats(done.user_id, done.task_type, { succeeded: 1, executionMs });
@@ -1546,7 +1544,6 @@ export class SqliteStore implements Store {
       request,
       rules.breakerRules ?? SPEC_BREAKER_RULES,
     );
-    const changed = breaker ? { breaker } : NO_BREAKER_CHANGE;
     // A succeeded attempt has no row: the task row describes it (see getTask).
     if (outcome !== 'succeeded')
       this.run('insertAttempt', {
@@ -1561,7 +1558,7 @@ export class SqliteStore implements Store {
         execution_ms: countedMs,
       });
     const agentId = task.agent_id;
-    if (agentId === null) return { ok: true, agentBecameUnhealthy: false, ...changed };
+    if (agentId === null) return settledWithoutAgent(breaker);
     // One statement: frees the agent (unless retired) and applies the attempt to its health.
     const leased = request.attempt;
     const params = {
@@ -1578,12 +1575,11 @@ export class SqliteStore implements Store {
       // Only a fault can make the agent unhealthy: nothing to read back. RETURNING the agent's columns,
       // made an object, cost 3.1–3.6 µs a settle (a microbenchmark of the statement, 5.0 without); the
       // view is read when asked for, which the engine does only for an agent that turned unhealthy.
-      if (this.run('settleAgentQuiet', params) === 0)
-        return { ok: true, agentBecameUnhealthy: false, ...changed };
+      if (this.run('settleAgentQuiet', params) === 0) return settledWithoutAgent(breaker);
       return new SettledWithAgent(agentId, this.loadAgent, false, breaker);
     }
     const agent = this.row('settleAgent', params, agentRow);
-    if (!agent) return { ok: true, agentBecameUnhealthy: false, ...changed };
+    if (!agent) return settledWithoutAgent(breaker);
     // A valid settle finds its agent busy (or retired): `unhealthy` now means this settle made it so.
     const becameUnhealthy = agent.status === 'unhealthy' && agent.unhealthy_since === now;
     return new SettledWithAgent(agentId, () => agent, becameUnhealthy, breaker);
@@ -1792,7 +1788,10 @@ export class SqliteStore implements Store {
       if (this.count('countUserAgents', { user: agent.userId }) >= maxAgentsPerUser) {
         throw new UserAgentLimitError(maxAgentsPerUser);
       }
-      return toAgentView(this.insertAgent(agent));
+      const { id } = this.insertAgent(agent);
+      const row = this.agentById(id);
+      if (!row) throw new Error(`agent ${id} was not inserted`);
+      return toAgentView(row);
     });
   }
 

@@ -45,6 +45,11 @@ describeStoreConformance(
   },
 );
 
+/** The steps of SQLite's plan for `sql` with `params`, as EXPLAIN QUERY PLAN details them. */
+function queryPlan(db: Database.Database, sql: string | undefined, params: object): string[] {
+  return (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(params) as { detail: string }[]).map((r) => r.detail);
+}
+
 /** Runs `node --import tsx` on a script; resolves with its exit code and stderr. */
 function runScript(file: string): Promise<{ code: number | null; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -443,13 +448,14 @@ describe('SqliteStore specifics', () => {
     expect(ran).toEqual(['listTasksOfUser', 'listTasks']);
     const db = new Database(file, { readonly: true });
     try {
-      const plan = (
-        db
-          .prepare(`EXPLAIN QUERY PLAN ${internals.s.listTasksOfUser?.source}`)
-          .all({ user: 'alice', status: null, type: null, priority: 'high', before: 1e15, limit: 20 }) as {
-          detail: string;
-        }[]
-      ).map((r) => r.detail);
+      const plan = queryPlan(db, internals.s.listTasksOfUser?.source, {
+        user: 'alice',
+        status: null,
+        type: null,
+        priority: 'high',
+        before: 1e15,
+        limit: 20,
+      });
       expect(plan[0]).toMatch(/^SEARCH tasks USING INDEX tasks_user_seq \(user_id=\? AND seq<\?\)/);
       expect(plan.join(' ')).not.toContain('TEMP B-TREE');
     } finally {
@@ -469,9 +475,7 @@ describe('SqliteStore specifics', () => {
     const db = new Database(file, { readonly: true });
     try {
       const plan = (sql: string | undefined, params: object): string =>
-        (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(params) as { detail: string }[])
-          .map((r) => r.detail)
-          .join(' | ');
+        queryPlan(db, sql, params).join(' | ');
       expect(plan(internals.a.pickAgents?.source, { user: 'alice', type: 'CodeReview', n: 4 })).toBe(
         'SEARCH agents USING INDEX agents_idle (user_id=? AND agent_type=?)',
       );
