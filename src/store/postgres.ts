@@ -541,12 +541,13 @@ export class PostgresStore implements Store {
   }
 
   /**
-   * Opens `count` pool connections at once and, on each, runs the submit and the lease function on a
-   * placeholder task in a transaction that is rolled back: nothing is written, nothing is notified. A
-   * backend compiles and plans a plpgsql function's statements the first time it runs them, tens of
-   * milliseconds on a new connection (the submit's under the admission lock, so cold submits queued
-   * behind each other), and the first tasks after a start paid for it (see
-   * DEFAULT_POSTGRES_WARM_CONNECTIONS). Best effort: a failure here leaves the connection cold.
+   * Opens `count` pool connections at once and, on each, runs the submit, the lease function, a settle
+   * and the idle loop's reads on a placeholder task in a transaction that is rolled back: nothing is
+   * written, nothing is notified. A backend compiles and plans a plpgsql function's statements (and
+   * prepares each statement) the first time it runs them, tens of milliseconds on a new connection (the
+   * submit's under the admission lock, so cold submits queued behind each other), and the first tasks
+   * after a start paid for it (see DEFAULT_POSTGRES_WARM_CONNECTIONS). Best effort: a failure here
+   * leaves the connection cold.
    */
   private async warmUp(count: number): Promise<void> {
     const rollback = new Error('warm-up rolled back');
@@ -558,7 +559,20 @@ export class PostgresStore implements Store {
         // connection fails instead of holding `connect`.
         return this.transaction(async (tx) => {
           await q.submitTasks(tx, this.submitParams([task], NO_ADMISSION_LIMITS));
-          await q.leaseTasks(tx, leaseParams(lease));
+          const leased = await q.leaseTasks(tx, leaseParams(lease));
+          await this.settleInTransaction(
+            tx,
+            leased.map((row) => ({
+              taskId: row.o_task.id,
+              token: row.o_token,
+              nowMs,
+              settlement: { kind: 'succeeded', resultJson: null },
+              breaker: 'success',
+            })),
+            { unhealthyThreshold: 3 },
+          );
+          // The reads of an idle lease loop, which a first submit's lease waits behind.
+          await Promise.all([q.allBreakers(tx), q.nextRunAt(tx, nowMs, [])]);
           this.warmed++;
           throw rollback;
         }).catch(() => undefined);
@@ -834,102 +848,109 @@ export class PostgresStore implements Store {
     if (requests.length === 0) return [];
     // Settled or given up on (if this throws): no longer extended by heartbeats either way.
     for (const request of requests) this.heldLeases.delete(request.token);
+    return this.run('tx', (tx) => this.settleInTransaction(tx, requests, rules));
+  }
+
+  /** settleBatch's transaction, on `tx` (also run by the warm-up at `connect`). */
+  private async settleInTransaction(
+    tx: Db,
+    requests: readonly SettleRequest[],
+    rules: HealthRules,
+  ): Promise<SettleResult[]> {
     const breakerRules = rules.breakerRules ?? SPEC_BREAKER_RULES;
-    return this.run('tx', async (tx) => {
-      // A few statements for the whole batch instead of several per task, in two steps (round trips)
-      // when no breaker changes: the statements of a step are sent together (pipelined on the
-      // transaction's connection) and run in the order issued. Tasks are locked in request order, then
-      // the agents of those tasks in request order; the breakers are read without locking.
-      const fenced = requests.map((r) => ({ id: r.taskId, token: r.token }));
-      const taskIds = [...new Set(requests.map((r) => r.taskId))];
-      const [, lockedRows, attemptRows, agentRows, breakerRows] = await Promise.all([
-        q.relaxCommit(tx),
-        q.lockTasksForSettle(tx, fenced),
-        q.runningAttempts(tx, taskIds),
-        q.lockAgentsForSettle(tx, fenced),
-        requests.some((r) => r.breaker !== undefined) ? q.breakersOfTasks(tx, taskIds) : Promise.resolve([]),
-      ]);
-      const locked = new Map<number, TaskRow>();
-      for (const row of lockedRows) {
-        const { ord, ...task } = row;
-        locked.set(ord - 1, task);
+    // A few statements for the whole batch instead of several per task, in two steps (round trips)
+    // when no breaker changes: the statements of a step are sent together (pipelined on the
+    // transaction's connection) and run in the order issued. Tasks are locked in request order, then
+    // the agents of those tasks in request order; the breakers are read without locking.
+    const fenced = requests.map((r) => ({ id: r.taskId, token: r.token }));
+    const taskIds = [...new Set(requests.map((r) => r.taskId))];
+    const [, lockedRows, attemptRows, agentRows, breakerRows] = await Promise.all([
+      q.relaxCommit(tx),
+      q.lockTasksForSettle(tx, fenced),
+      q.runningAttempts(tx, taskIds),
+      q.lockAgentsForSettle(tx, fenced),
+      requests.some((r) => r.breaker !== undefined) ? q.breakersOfTasks(tx, taskIds) : Promise.resolve([]),
+    ]);
+    const locked = new Map<number, TaskRow>();
+    for (const row of lockedRows) {
+      const { ord, ...task } = row;
+      locked.set(ord - 1, task);
+    }
+    const attempts = new Map<string, AttemptRow>();
+    for (const row of attemptRows) attempts.set(row.task_id, row);
+    const agents = new Map<string, AgentRow>();
+    for (const row of agentRows) agents.set(row.id, row);
+    const stats = new StatsBatch();
+    const results: SettleResult[] = [];
+    const verdicts = new Map<string, PendingVerdict[]>();
+    const taskWrites: TaskRow[] = [];
+    const attemptWrites: q.AttemptFinish[] = [];
+    // A task settled earlier in this batch has lost its lease (its token is cleared), as a
+    // one-at-a-time settle would find.
+    const settledIds = new Set<string>();
+    for (const [index, request] of requests.entries()) {
+      const task = locked.get(index);
+      if (!task || settledIds.has(task.id)) {
+        results.push({ ok: false, agentBecameUnhealthy: false });
+        continue;
       }
-      const attempts = new Map<string, AttemptRow>();
-      for (const row of attemptRows) attempts.set(row.task_id, row);
-      const agents = new Map<string, AgentRow>();
-      for (const row of agentRows) agents.set(row.id, row);
-      const stats = new StatsBatch();
-      const results: SettleResult[] = [];
-      const verdicts = new Map<string, PendingVerdict[]>();
-      const taskWrites: TaskRow[] = [];
-      const attemptWrites: q.AttemptFinish[] = [];
-      // A task settled earlier in this batch has lost its lease (its token is cleared), as a
-      // one-at-a-time settle would find.
-      const settledIds = new Set<string>();
-      for (const [index, request] of requests.entries()) {
-        const task = locked.get(index);
-        if (!task || settledIds.has(task.id)) {
-          results.push({ ok: false, agentBecameUnhealthy: false });
-          continue;
-        }
-        settledIds.add(task.id);
-        const attempt = attempts.get(task.id);
-        const { outcome, attemptError, countedMs, agentResult } = settleTask(task, attempt, request, stats);
-        taskWrites.push(task);
-        if (attempt) {
-          attemptWrites.push({
-            id: attempt.id,
-            finished_at: request.nowMs,
-            outcome,
-            error: attemptError,
-            execution_ms: countedMs,
-          });
-        }
-        const agent = task.agent_id === null ? undefined : agents.get(task.agent_id);
-        if (agent) {
-          const becameUnhealthy = applyAgentResult(agent, task.id, agentResult, request.nowMs, rules);
-          results.push({ ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy });
-        } else {
-          results.push({ ok: true, agentBecameUnhealthy: false });
-        }
-        if (request.breaker !== undefined) {
-          const list = verdicts.get(task.task_type) ?? [];
-          list.push({ index, taskId: request.taskId, nowMs: request.nowMs, verdict: request.breaker });
-          verdicts.set(task.task_type, list);
-        }
+      settledIds.add(task.id);
+      const attempt = attempts.get(task.id);
+      const { outcome, attemptError, countedMs, agentResult } = settleTask(task, attempt, request, stats);
+      taskWrites.push(task);
+      if (attempt) {
+        attemptWrites.push({
+          id: attempt.id,
+          finished_at: request.nowMs,
+          outcome,
+          error: attemptError,
+          execution_ms: countedMs,
+        });
       }
-      const unlockedBreakers = new Map<string, BreakerRow>();
-      for (const row of breakerRows) unlockedBreakers.set(row.task_type, row);
-      // Types whose breaker these verdicts change (as read without a lock), in the order leases lock
-      // breaker rows; usually none.
-      const changing = [...verdicts]
-        .sort(([a], [b]) => compareBytes(a, b))
-        .filter(([taskType, list]) =>
-          verdictsChange(taskType, unlockedBreakers.get(taskType), list, breakerRules),
-        );
-      // The second step: the writes, then (sent behind them) the breakers that change, locked and
-      // written one at a time, then the totals and the wake-up. With no breaker to change, all of it
-      // goes in one round trip.
-      await Promise.all([
-        q.writeTasks(tx, taskWrites),
-        q.finishAttempts(tx, attemptWrites),
-        q.writeAgents(tx, [...agents.values()]),
-        (async () => {
-          for (const [taskType, list] of changing) {
-            const changes = await applyBreakerVerdicts(tx, taskType, list, breakerRules);
-            for (const [index, record] of changes) {
-              const result = results[index];
-              if (result) result.breaker = record;
-            }
+      const agent = task.agent_id === null ? undefined : agents.get(task.agent_id);
+      if (agent) {
+        const becameUnhealthy = applyAgentResult(agent, task.id, agentResult, request.nowMs, rules);
+        results.push({ ok: true, agent: toAgentView(agent), agentBecameUnhealthy: becameUnhealthy });
+      } else {
+        results.push({ ok: true, agentBecameUnhealthy: false });
+      }
+      if (request.breaker !== undefined) {
+        const list = verdicts.get(task.task_type) ?? [];
+        list.push({ index, taskId: request.taskId, nowMs: request.nowMs, verdict: request.breaker });
+        verdicts.set(task.task_type, list);
+      }
+    }
+    const unlockedBreakers = new Map<string, BreakerRow>();
+    for (const row of breakerRows) unlockedBreakers.set(row.task_type, row);
+    // Types whose breaker these verdicts change (as read without a lock), in the order leases lock
+    // breaker rows; usually none.
+    const changing = [...verdicts]
+      .sort(([a], [b]) => compareBytes(a, b))
+      .filter(([taskType, list]) =>
+        verdictsChange(taskType, unlockedBreakers.get(taskType), list, breakerRules),
+      );
+    // The second step: the writes, then (sent behind them) the breakers that change, locked and
+    // written one at a time, then the totals and the wake-up. With no breaker to change, all of it
+    // goes in one round trip.
+    await Promise.all([
+      q.writeTasks(tx, taskWrites),
+      q.finishAttempts(tx, attemptWrites),
+      q.writeAgents(tx, [...agents.values()]),
+      (async () => {
+        for (const [taskType, list] of changing) {
+          const changes = await applyBreakerVerdicts(tx, taskType, list, breakerRules);
+          for (const [index, record] of changes) {
+            const result = results[index];
+            if (result) result.breaker = record;
           }
-          await Promise.all([
-            stats.flush(tx),
-            results.some((r) => r.ok) ? q.notify(tx, this.channel, this.instanceId) : Promise.resolve(),
-          ]);
-        })(),
-      ]);
-      return results;
-    });
+        }
+        await Promise.all([
+          stats.flush(tx),
+          results.some((r) => r.ok) ? q.notify(tx, this.channel, this.instanceId) : Promise.resolve(),
+        ]);
+      })(),
+    ]);
+    return results;
   }
 
   /** Saves an executor's checkpoint, fenced by the token. */

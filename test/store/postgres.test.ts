@@ -349,6 +349,14 @@ describe('PostgresStore specifics', () => {
     const counts = await store.countTasks(null);
     expect(Object.values(counts).every((n) => n === 0)).toBe(true);
     expect(Object.values(await store.countAgents(null)).every((n) => n === 0)).toBe(true);
+    // Each warm-up also ran a settle (warmedConnections counts only those that ran through): its
+    // attempt, its agent's result and its counters were rolled back with the rest.
+    const [rows] = await withAdminSql(
+      databaseUrl(),
+      (sql) => sql`SELECT (SELECT count(*) FROM ${sql(schema)}.attempts)::integer AS attempts,
+        (SELECT count(*) FROM ${sql(schema)}.agents)::integer AS agents`,
+    );
+    expect(rows).toEqual({ attempts: 0, agents: 0 });
     submitted = true;
     await store.submitBatch([task('real')], LIMITS);
     await waitFor(() => seen.length > 0, 'the wake-up of the real submit', 10_000);
