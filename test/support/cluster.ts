@@ -134,6 +134,11 @@ export class ServeProcess {
     return this.lines.slice(Math.max(0, mark - this.dropped)).some((line) => line.includes(text));
   }
 
+  /** The lines it kept that contain `text` (the first `max`), for failure messages. */
+  linesWith(text: string, max = 5): string[] {
+    return this.lines.filter((line) => line.includes(text)).slice(0, max);
+  }
+
   /** The last lines it logged, for failure messages. */
   output(): string {
     return this.lines.slice(-40).join('\n');
