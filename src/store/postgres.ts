@@ -332,11 +332,18 @@ function errorCode(error: unknown): string | undefined {
   return undefined;
 }
 
-/** True when `error` means the connection failed or was lost (not a bug, not a constraint). */
+/**
+ * True when `error` means the connection failed or was lost (not a bug, not a constraint). A server
+ * error of severity FATAL or PANIC ended its session whatever its code: the one PostgreSQL answers a
+ * startup message it cannot read (see STARTUP_PADDING_SETTING) may be `0A000`, an idle session's end
+ * `57P05`, a rotated password's `28P01`.
+ */
 export function isConnectionError(error: unknown): boolean {
   const code = errorCode(error);
   if (code === undefined) return false;
-  return CONNECTION_CODES.has(code) || code.startsWith('08');
+  if (CONNECTION_CODES.has(code) || code.startsWith('08')) return true;
+  const severity = (error as { severity?: unknown }).severity;
+  return severity === 'FATAL' || severity === 'PANIC';
 }
 
 function delay(ms: number): Promise<void> {

@@ -5,7 +5,7 @@ import { parseConfig } from '../../src/config.js';
 import { QueueFullError, StoreUnavailableError, UserTaskLimitError } from '../../src/domain/errors.js';
 import { openStore } from '../../src/store/open.js';
 import * as q from '../../src/store/pg/queries.js';
-import { PostgresStore } from '../../src/store/postgres.js';
+import { isConnectionError, PostgresStore } from '../../src/store/postgres.js';
 import { POSTGRES_MIGRATIONS } from '../../src/store/postgres-migrations.js';
 import type { LeasedTask, Store } from '../../src/store/store.js';
 import { dropSchema, freshSchemaName, usePostgresUrl, withAdminSql } from '../support/postgres.js';
@@ -367,6 +367,23 @@ describe('PostgresStore specifics', () => {
     await expect(PostgresStore.connect(databaseUrl(), { schema, warmConnections: -1 })).rejects.toThrow(
       /warmConnections/,
     );
+  });
+
+  it('takes a server error that ended the session for a lost connection, whatever its code', async () => {
+    // A real one: the server ends a session whose database does not exist (FATAL, 3D000).
+    const url = new URL(databaseUrl());
+    url.pathname = '/agentfleet_no_such_database';
+    const refused = PostgresStore.connect(url.toString(), { schema: freshSchemaName('gone') });
+    await expect(refused).rejects.toBeInstanceOf(StoreUnavailableError);
+    await expect(refused).rejects.toThrow(/cannot reach PostgreSQL: .*does not exist/);
+    // What a server may answer a startup message it cannot read, an idle session's end, a crash.
+    expect(isConnectionError({ code: '0A000', severity: 'FATAL' })).toBe(true);
+    expect(isConnectionError({ code: '57P05', severity: 'FATAL' })).toBe(true);
+    expect(isConnectionError({ code: 'XX000', severity: 'PANIC' })).toBe(true);
+    // The same codes from a statement that failed on a session that goes on are the statement's.
+    expect(isConnectionError({ code: '0A000', severity: 'ERROR' })).toBe(false);
+    expect(isConnectionError({ code: '23505', severity: 'ERROR' })).toBe(false);
+    expect(isConnectionError(new TypeError('not a connection error'))).toBe(false);
   });
 
   it('keeps the queue counter to the rows through bulk, rolled-back and partly rolled-back transactions', async () => {
