@@ -13,6 +13,17 @@ export interface SqliteMigration {
   readonly sql: string;
 }
 
+/**
+ * The update trigger's body (migrations 3 and 8): a task that changes status or user leaves its old
+ * counters and enters its new ones.
+ */
+const COUNT_STATUS_CHANGE = `  UPDATE task_counts SET n = n - 1 WHERE user_id = OLD.user_id AND status = OLD.status;
+  INSERT INTO task_counts (user_id, status, n) VALUES (NEW.user_id, NEW.status, 1)
+    ON CONFLICT (user_id, status) DO UPDATE SET n = n + 1;
+  UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
+  INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
+    ON CONFLICT (status) DO UPDATE SET n = n + 1;`;
+
 /** Every migration, in version order. Append only. */
 export const SQLITE_MIGRATIONS: readonly SqliteMigration[] = [
   {
@@ -180,12 +191,7 @@ CREATE TRIGGER tasks_count_insert AFTER INSERT ON tasks BEGIN
 END;
 CREATE TRIGGER tasks_count_update AFTER UPDATE OF status, user_id ON tasks
   WHEN OLD.status IS NOT NEW.status OR OLD.user_id IS NOT NEW.user_id BEGIN
-  UPDATE task_counts SET n = n - 1 WHERE user_id = OLD.user_id AND status = OLD.status;
-  INSERT INTO task_counts (user_id, status, n) VALUES (NEW.user_id, NEW.status, 1)
-    ON CONFLICT (user_id, status) DO UPDATE SET n = n + 1;
-  UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
-  INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
-    ON CONFLICT (status) DO UPDATE SET n = n + 1;
+${COUNT_STATUS_CHANGE}
 END;
 CREATE TRIGGER tasks_count_delete AFTER DELETE ON tasks BEGIN
   UPDATE task_counts SET n = n - 1 WHERE user_id = OLD.user_id AND status = OLD.status;
@@ -296,12 +302,7 @@ CREATE TRIGGER tasks_count_update AFTER UPDATE OF status, user_id ON tasks
   WHEN (OLD.status IS NOT NEW.status OR OLD.user_id IS NOT NEW.user_id)
     AND NOT (OLD.user_id IS NEW.user_id AND ((OLD.status = 'queued' AND NEW.status = 'running')
       OR (OLD.status = 'running' AND NEW.status = 'succeeded'))) BEGIN
-  UPDATE task_counts SET n = n - 1 WHERE user_id = OLD.user_id AND status = OLD.status;
-  INSERT INTO task_counts (user_id, status, n) VALUES (NEW.user_id, NEW.status, 1)
-    ON CONFLICT (user_id, status) DO UPDATE SET n = n + 1;
-  UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
-  INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
-    ON CONFLICT (status) DO UPDATE SET n = n + 1;
+${COUNT_STATUS_CHANGE}
 END;
 `,
   },
