@@ -28,7 +28,7 @@
  * - Lost connections surface as `StoreUnavailableError` (retryable) instead of hanging; the client
  *   reconnects on the next call. Serialization failures and deadlocks are retried here.
  *
- * All SQL lives in pg/queries.ts and postgres-migrations.ts.
+ * All SQL lives in pg/queries.ts and pg/migrations.ts.
  */
 import { randomBytes } from 'node:crypto';
 import postgres from 'postgres';
@@ -54,6 +54,7 @@ import {
 } from '../domain/errors.js';
 import { AGE_BONUS_MS_PER_POINT, priorityKey } from '../domain/priority.js';
 import { PRIORITIES, type Priority, TASK_STATUSES, type TaskDetail, type TaskView } from '../domain/task.js';
+import { POSTGRES_MIGRATIONS } from './pg/migrations.js';
 import type {
   AgentRow,
   AttemptRow,
@@ -64,7 +65,6 @@ import type {
   TaskRow,
 } from './pg/queries.js';
 import * as q from './pg/queries.js';
-import { POSTGRES_MIGRATIONS } from './postgres-migrations.js';
 import { type AgentResult, applySettlement, type SettleEffect, type StatsDelta } from './settle-rules.js';
 import type {
   ActiveCounts,

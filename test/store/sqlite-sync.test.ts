@@ -10,8 +10,8 @@ import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AgentManager } from '../../src/engine/manager.js';
 import { LEASE_AHEAD_OF_ANSWER } from '../../src/engine/processor.js';
+import { WalSync } from '../../src/store/sqlite/wal-sync.js';
 import { QUIET_CHECKPOINT_COMMITS, QUIET_MS, SqliteStore, SYNC_DELAY_MS } from '../../src/store/sqlite.js';
-import { WalSync } from '../../src/store/wal-sync.js';
 import { overriding, storeLeaseRequest, T0, storeTask as task } from '../support/store.js';
 import { gate, waitFor } from '../support/wait.js';
 

@@ -6,15 +6,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { openStore as openStoreFromSetting } from '../../src/store/open.js';
-import {
-  AGENT_COLUMNS,
-  agentRow,
-  candidateRow,
-  LEASE_COLUMNS,
-  SqliteStore,
-  type SqliteStoreOptions,
-} from '../../src/store/sqlite.js';
-import { SQLITE_MIGRATIONS } from '../../src/store/sqlite-migrations.js';
+import { SQLITE_MIGRATIONS } from '../../src/store/sqlite/migrations.js';
+import { AGENT_COLUMNS, agentRow, candidateRow, LEASE_COLUMNS } from '../../src/store/sqlite/rows.js';
+import { SqliteStore, type SqliteStoreOptions } from '../../src/store/sqlite.js';
 import type { LeasedTask, Settlement, Store } from '../../src/store/store.js';
 import { storeLeaseRequest as leaseRequest, T0, storeTask as task } from '../support/store.js';
 import { describeStoreConformance } from './conformance.js';

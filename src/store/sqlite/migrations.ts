@@ -5,6 +5,8 @@
  * Conventions: times are integer epoch milliseconds; JSON values are stored as text and parsed only
  * when a view is built; `seq` columns are insertion order (FIFO ties, cursors, "oldest first").
  */
+import type Database from 'better-sqlite3';
+import { StoreUnavailableError } from '../../domain/errors.js';
 
 /** One schema change. */
 export interface SqliteMigration {
@@ -317,3 +319,27 @@ DROP TRIGGER tasks_count_insert;
 `,
   },
 ];
+
+/** Applies pending migrations, each in its own BEGIN IMMEDIATE transaction so concurrent openers apply it once. */
+export function migrate(db: Database.Database): void {
+  db.exec(
+    'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)',
+  );
+  const applied = db.prepare('SELECT version FROM schema_migrations WHERE version = ?');
+  const record = db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)');
+  const newest = db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null };
+  const known = SQLITE_MIGRATIONS.at(-1)?.version ?? 0;
+  if ((newest.v ?? 0) > known) {
+    throw new StoreUnavailableError(
+      `database schema version ${newest.v} is newer than this agentfleet knows (${known}); upgrade agentfleet`,
+    );
+  }
+  for (const migration of SQLITE_MIGRATIONS) {
+    db.transaction(() => {
+      // Re-checked under the write lock: another process may have applied it while we waited.
+      if (applied.get(migration.version) !== undefined) return;
+      db.exec(migration.sql);
+      record.run(migration.version, migration.name, Date.now());
+    }).immediate();
+  }
+}
