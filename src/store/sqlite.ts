@@ -48,7 +48,7 @@ import {
   type TaskView,
 } from '../domain/task.js';
 import { type AgentResult, applySettlement, type StatsDelta } from './settle-rules.js';
-import { migrate } from './sqlite/migrations.js';
+import { migrate, newerSchema } from './sqlite/migrations.js';
 import {
   type AgentRow,
   type AttemptRow,
@@ -225,8 +225,15 @@ export class SqliteStore implements Store {
   private quietTimer: NodeJS.Timeout | null = null;
   private writtenSinceQuietCheck = false;
 
-  /** Runs its argument in one transaction; made once, as better-sqlite3 builds a wrapper per `transaction` call. */
+  /**
+   * Runs its argument in one transaction, after `checkSchema`; made once, as better-sqlite3 builds a
+   * wrapper per `transaction` call.
+   */
   private readonly transact: Database.Transaction<(fn: () => unknown) => unknown>;
+  /** `PRAGMA schema_version`: SQLite's counter of schema changes, kept in the file's header. */
+  private readonly schemaCookie: Stmt;
+  /** The schema counter as last checked; -1 until the first write checks it. */
+  private checkedCookie = -1;
 
   private constructor(db: Database.Database, wal: WalSync | null) {
     this.db = db;
@@ -235,7 +242,30 @@ export class SqliteStore implements Store {
     this.p = this.prepareAll(POSITIONAL_SQL);
     this.wal = wal;
     this.walMode = db.pragma('journal_mode', { simple: true }) === 'wal';
-    this.transact = db.transaction((fn: () => unknown) => fn());
+    this.schemaCookie = db.prepare('PRAGMA schema_version').pluck();
+    this.transact = db.transaction((fn: () => unknown) => {
+      this.checkSchema();
+      return fn();
+    });
+  }
+
+  /**
+   * Refuses a write once another process has migrated the file past what this agentfleet knows (a newer
+   * version started beside this one): this process's statements would no longer keep the newer schema's
+   * rules (a task this version inserts, say, that the newer one's counters expect the writer to count).
+   * Runs under the write lock, where the schema is the one the write will see; while it has not changed,
+   * the check is one read of the file header's counter, under 0.5 µs inside a transaction.
+   */
+  private checkSchema(): void {
+    const cookie = this.schemaCookie.get() as number;
+    if (cookie === this.checkedCookie) return;
+    const newer = newerSchema(this.db);
+    if (newer !== undefined) {
+      throw new StoreUnavailableError(
+        `${newer}: a newer agentfleet upgraded this database while this process ran; restart this process with it`,
+      );
+    }
+    this.checkedCookie = cookie;
   }
 
   /** Opens (creating when missing) the database at `file`; `:memory:` gives a private in-memory store. */

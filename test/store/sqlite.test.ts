@@ -5,6 +5,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
+import { StoreUnavailableError } from '../../src/domain/errors.js';
 import { openStore as openStoreFromSetting } from '../../src/store/open.js';
 import { SQLITE_MIGRATIONS } from '../../src/store/sqlite/migrations.js';
 import { AGENT_COLUMNS, agentRow, candidateRow, LEASE_COLUMNS } from '../../src/store/sqlite/rows.js';
@@ -173,6 +174,60 @@ describe('SqliteStore specifics', () => {
       expect(rows).toEqual(SQLITE_MIGRATIONS.map((m) => ({ version: m.version, name: m.name })));
     } finally {
       db.close();
+    }
+  });
+
+  it('refuses to open a database that a newer agentfleet has migrated', () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'agentfleet.db');
+    openStore(file);
+    const next = Math.max(...SQLITE_MIGRATIONS.map((m) => m.version)) + 1;
+    const db = new Database(file);
+    db.prepare('INSERT INTO schema_migrations VALUES (?, ?, ?)').run(next, 'from a newer version', T0);
+    db.close();
+    expect(() => SqliteStore.open(file)).toThrow(
+      new StoreUnavailableError(
+        `database schema version ${next} is newer than this agentfleet knows (${next - 1}); upgrade agentfleet`,
+      ),
+    );
+  });
+
+  it('stops writing, and changes nothing, once a newer agentfleet migrates the file while it runs', async () => {
+    dir = makeTempDir();
+    const file = path.join(dir, 'agentfleet.db');
+    const store = openStore(file);
+    await store.submitBatch([task('before')], LIMITS);
+    const other = new Database(file);
+    try {
+      // A schema change that adds no migration (an operator's index) leaves the store writing.
+      other.exec('CREATE INDEX operator_index ON tasks (created_at)');
+      expect((await store.submitBatch([task('between')], LIMITS))[0]).toMatchObject({
+        ok: true,
+        duplicate: false,
+      });
+
+      // A newer agentfleet's migration: a schema change and its version, in one transaction.
+      const next = Math.max(...SQLITE_MIGRATIONS.map((m) => m.version)) + 1;
+      other.transaction(() => {
+        other.exec('CREATE TABLE future_things (id INTEGER PRIMARY KEY)');
+        other.prepare('INSERT INTO schema_migrations VALUES (?, ?, ?)').run(next, 'from a newer version', T0);
+      })();
+      const refused = new RegExp(
+        `^database schema version ${next} is newer than this agentfleet knows \\(${next - 1}\\): a newer agentfleet upgraded`,
+      );
+      await expect(store.submitBatch([task('after')], LIMITS)).rejects.toThrow(StoreUnavailableError);
+      await expect(store.submitBatch([task('after')], LIMITS)).rejects.toThrow(refused);
+      await expect(store.leaseBatch(leaseRequest('p', 2, () => 'agent-1'))).rejects.toThrow(refused);
+      expect(other.prepare('SELECT id, status FROM tasks ORDER BY seq').all()).toEqual([
+        { id: 'before', status: 'queued' },
+        { id: 'between', status: 'queued' },
+      ]);
+      expect(other.prepare('SELECT n FROM status_counts WHERE status = ?').pluck().get('queued')).toBe(2);
+      // Reads still answer.
+      expect((await store.getTask('before', null))?.status).toBe('queued');
+    } finally {
+      other.close();
+      await store.close();
     }
   });
 

@@ -320,6 +320,21 @@ DROP TRIGGER tasks_count_insert;
   },
 ];
 
+/** The newest migration this agentfleet knows. */
+const KNOWN_VERSION = SQLITE_MIGRATIONS.at(-1)?.version ?? 0;
+
+/**
+ * Why this agentfleet must not use `db`: a newer one has migrated it past the migrations this one knows
+ * (its statements would write what the newer schema no longer expects, e.g. tasks the counters miss).
+ * Undefined when it may.
+ */
+export function newerSchema(db: Database.Database): string | undefined {
+  const newest = db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null };
+  return (newest.v ?? 0) > KNOWN_VERSION
+    ? `database schema version ${newest.v} is newer than this agentfleet knows (${KNOWN_VERSION})`
+    : undefined;
+}
+
 /** Applies pending migrations, each in its own BEGIN IMMEDIATE transaction so concurrent openers apply it once. */
 export function migrate(db: Database.Database): void {
   db.exec(
@@ -327,13 +342,8 @@ export function migrate(db: Database.Database): void {
   );
   const applied = db.prepare('SELECT version FROM schema_migrations WHERE version = ?');
   const record = db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)');
-  const newest = db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null };
-  const known = SQLITE_MIGRATIONS.at(-1)?.version ?? 0;
-  if ((newest.v ?? 0) > known) {
-    throw new StoreUnavailableError(
-      `database schema version ${newest.v} is newer than this agentfleet knows (${known}); upgrade agentfleet`,
-    );
-  }
+  const newer = newerSchema(db);
+  if (newer !== undefined) throw new StoreUnavailableError(`${newer}; upgrade agentfleet`);
   for (const migration of SQLITE_MIGRATIONS) {
     db.transaction(() => {
       // Re-checked under the write lock: another process may have applied it while we waited.
