@@ -4,7 +4,7 @@
  * prints a table and writes a JSON file with the figures, the machine and the versions.
  *
  *   npm run bench -- [--workloads w1-single,w2-drain] [--stores sqlite,sqlite-normal,postgres]
- *                    [--runs 3] [--out bench/results/latest.json] [--no-build]
+ *                    [--runs 3] [--out bench/results/latest.json] [--no-build] [--help]
  *
  * Stores: `sqlite` is the default, durable mode (synchronous=FULL: an acknowledged task survives kill -9
  * and power loss); `sqlite-normal` is `durability: "normal"` (survives kill -9, not power loss);
@@ -95,12 +95,39 @@ const METRICS: Record<string, { key: string; label: string; target?: string; oth
   ],
 };
 
+const USAGE = `usage: npm run bench -- [--workloads LIST] [--stores LIST] [--runs N] [--out FILE] [--no-build] [--help]
+
+  --workloads LIST  comma-separated, in table order (default: all): ${ALL_WORKLOADS.join(', ')}
+  --stores LIST     comma-separated (default: all): ${ALL_STORES.join(', ')}
+                    sqlite is the durable default; sqlite-normal is durability "normal"; postgres uses
+                    DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test) and is skipped when
+                    it cannot be reached
+  --runs N          runs of each workload on each store, taken in N rounds; the table shows the median
+                    (default: 3)
+  --out FILE        where the JSON results go (default: bench/results/latest.json)
+  --no-build        run the JavaScript compiled last time instead of compiling bench/ and src/ first`;
+
+/** A command line the benchmark cannot run: printed with the usage, without a stack trace. */
+class UsageError extends Error {}
+
+/** The names of a comma-separated `flag` value, each one of `known`. */
+function namesOf(flag: string, raw: string, known: readonly string[], what: string): string[] {
+  const names = raw.split(',').map((name) => name.trim());
+  for (const name of names) {
+    if (!known.includes(name)) {
+      throw new UsageError(`${flag}: unknown ${what} '${name}' (${what}s: ${known.join(', ')})`);
+    }
+  }
+  return names;
+}
+
 function parseArgs(argv: string[]): {
   workloads: string[];
   stores: string[];
   runs: number;
   out: string;
   build: boolean;
+  help: boolean;
 } {
   const options = {
     workloads: ALL_WORKLOADS,
@@ -108,25 +135,27 @@ function parseArgs(argv: string[]): {
     runs: 3,
     out: join(ROOT, 'bench', 'results', 'latest.json'),
     build: true,
+    help: false,
   };
   for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
+    const arg = argv[i] ?? '';
     const value = () => {
       const v = argv[++i];
-      if (v === undefined) throw new Error(`${arg} needs a value`);
+      if (v === undefined || v.startsWith('--')) throw new UsageError(`${arg} needs a value`);
       return v;
     };
-    if (arg === '--workloads') options.workloads = value().split(',');
-    else if (arg === '--stores') options.stores = value().split(',');
-    else if (arg === '--runs') options.runs = Number(value());
-    else if (arg === '--out') options.out = value();
+    if (arg === '--workloads') options.workloads = namesOf(arg, value(), ALL_WORKLOADS, 'workload');
+    else if (arg === '--stores') options.stores = namesOf(arg, value(), ALL_STORES, 'store');
+    else if (arg === '--runs') {
+      const raw = value();
+      options.runs = /^[0-9]+$/.test(raw) ? Number(raw) : Number.NaN;
+      if (!Number.isSafeInteger(options.runs) || options.runs < 1)
+        throw new UsageError(`--runs must be a whole number of at least 1 (got '${raw}')`);
+    } else if (arg === '--out') options.out = value();
     else if (arg === '--no-build') options.build = false;
-    else throw new Error(`unknown argument ${arg}`);
+    else if (arg === '--help' || arg === '-h') options.help = true;
+    else throw new UsageError(`unknown argument '${arg}'`);
   }
-  for (const w of options.workloads) if (!ALL_WORKLOADS.includes(w)) throw new Error(`unknown workload ${w}`);
-  for (const s of options.stores) if (!ALL_STORES.includes(s)) throw new Error(`unknown store ${s}`);
-  if (!Number.isInteger(options.runs) || options.runs < 1)
-    throw new Error('--runs must be a positive integer');
   return options;
 }
 
@@ -221,7 +250,18 @@ function printTable(header: string[], rows: string[][]): void {
   for (const row of rows) console.log(line(row));
 }
 
-const options = parseArgs(process.argv.slice(2));
+let options: ReturnType<typeof parseArgs>;
+try {
+  options = parseArgs(process.argv.slice(2));
+} catch (error) {
+  if (!(error instanceof UsageError)) throw error;
+  console.error(`bench: ${error.message}\n\n${USAGE}`);
+  process.exit(2);
+}
+if (options.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
 if (options.build) {
   console.error('compiling bench/ and src/ (tsconfig.bench.json) …');
   const tsc = spawnSync(
