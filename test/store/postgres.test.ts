@@ -309,7 +309,8 @@ describe('PostgresStore specifics', () => {
 
   it('a submit waits while another transaction holds the admission lock that requeues take', async () => {
     schema = freshSchemaName('lock');
-    const store = await connect();
+    const applicationName = `af_${schema}`;
+    const store = await connect({ applicationName });
     // The transaction holds the lock the way the requeue path (and the submit code before migration 4)
     // takes it; the submit must wait for its commit.
     const { submit } = await withAdminSql(databaseUrl(), (sql) =>
@@ -320,7 +321,12 @@ describe('PostgresStore specifics', () => {
         const pending = store.submitBatch([task('waits')], LIMITS).finally(() => {
           done = true;
         });
-        await new Promise<void>((resolve) => setTimeout(resolve, 300));
+        // The submit's backend is seen waiting for that advisory lock, and the submit is not answered.
+        await waitFor(async () => {
+          const waiting = await tx<{ n: number }[]>`SELECT COUNT(*)::int AS n FROM pg_stat_activity
+            WHERE application_name = ${applicationName} AND wait_event_type = 'Lock' AND wait_event = 'advisory'`;
+          return (waiting[0]?.n ?? 0) > 0;
+        }, "the submit's backend to wait for the admission lock");
         expect(done).toBe(false);
         // Wrapped, so the transaction commits without waiting for the submit.
         return { submit: pending };
