@@ -1,10 +1,12 @@
 /**
- * `npm run bench`: every workload of issue 7 on every store, each run in a fresh child process on a
- * fresh store (so peak RSS is the workload's own), median of N runs taken in N rounds over all workloads;
- * prints a table and writes a JSON file with the figures, the machine and the versions.
+ * `npm run bench`: every workload of issue 7 on every store, and beside them the same workloads on the
+ * queues agentfleet is compared with (bench/peers.ts: BullMQ, graphile-worker), each run in a fresh child
+ * process on a fresh store (so peak RSS is the workload's own), median of N runs taken in N rounds over
+ * all workloads; prints a table and writes a JSON file with the figures, the machine and the versions.
  *
  *   npm run bench -- [--workloads w1-single,w2-drain] [--stores sqlite,sqlite-normal,postgres]
- *                    [--runs 3] [--out bench/results/latest.json] [--no-build] [--help]
+ *                    [--peers bullmq,graphile-worker|none] [--runs 3] [--out bench/results/latest.json]
+ *                    [--no-build] [--help]
  *
  * Stores: `sqlite` is the default, durable mode (synchronous=FULL: an acknowledged task survives kill -9
  * and power loss); `sqlite-normal` is `durability: "normal"` (survives kill -9, not power loss);
@@ -34,7 +36,11 @@ const ALL_WORKLOADS = [
   'h-load',
 ];
 const ALL_STORES = ['sqlite', 'sqlite-normal', 'postgres'];
+/** The queues agentfleet is compared with, run by bench/peers.ts in the same run, and what they run. */
+const ALL_PEERS = ['bullmq', 'graphile-worker'];
+const PEER_WORKLOADS = ['w1-single', 'w1-concurrent', 'w2-drain', 'w3-io', 'w5-priority', 'l-latency'];
 const PG_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 
 /** What each workload measures, in table order, with the issue's target (SQLite / PostgreSQL). */
 const METRICS: Record<string, { key: string; label: string; target?: string; others?: string }[]> = {
@@ -95,13 +101,18 @@ const METRICS: Record<string, { key: string; label: string; target?: string; oth
   ],
 };
 
-const USAGE = `usage: npm run bench -- [--workloads LIST] [--stores LIST] [--runs N] [--out FILE] [--no-build] [--help]
+const USAGE = `usage: npm run bench -- [--workloads LIST] [--stores LIST] [--peers LIST] [--runs N] [--out FILE]
+                        [--no-build] [--help]
 
   --workloads LIST  comma-separated, in table order (default: all): ${ALL_WORKLOADS.join(', ')}
   --stores LIST     comma-separated (default: all): ${ALL_STORES.join(', ')}
                     sqlite is the durable default; sqlite-normal is durability "normal"; postgres uses
                     DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test) and is skipped when
                     it cannot be reached
+  --peers LIST      queues measured beside agentfleet, in the same run, through their library APIs
+                    (default: all; none for no peer): ${ALL_PEERS.join(', ')}. BullMQ uses REDIS_URL
+                    (default redis://127.0.0.1:6379), graphile-worker DATABASE_URL; each is skipped when
+                    its server cannot be reached. They run ${PEER_WORKLOADS.join(', ')}
   --runs N          runs of each workload on each store, taken in N rounds; the table shows the median
                     (default: 3)
   --out FILE        where the JSON results go (default: bench/results/latest.json)
@@ -124,6 +135,7 @@ function namesOf(flag: string, raw: string, known: readonly string[], what: stri
 function parseArgs(argv: string[]): {
   workloads: string[];
   stores: string[];
+  peers: string[];
   runs: number;
   out: string;
   build: boolean;
@@ -132,6 +144,7 @@ function parseArgs(argv: string[]): {
   const options = {
     workloads: ALL_WORKLOADS,
     stores: ALL_STORES,
+    peers: ALL_PEERS,
     runs: 3,
     out: join(ROOT, 'bench', 'results', 'latest.json'),
     build: true,
@@ -146,7 +159,10 @@ function parseArgs(argv: string[]): {
     };
     if (arg === '--workloads') options.workloads = namesOf(arg, value(), ALL_WORKLOADS, 'workload');
     else if (arg === '--stores') options.stores = namesOf(arg, value(), ALL_STORES, 'store');
-    else if (arg === '--runs') {
+    else if (arg === '--peers') {
+      const raw = value();
+      options.peers = raw === 'none' ? [] : namesOf(arg, raw, ALL_PEERS, 'peer');
+    } else if (arg === '--runs') {
       const raw = value();
       options.runs = /^[0-9]+$/.test(raw) ? Number(raw) : Number.NaN;
       if (!Number.isSafeInteger(options.runs) || options.runs < 1)
@@ -159,18 +175,15 @@ function parseArgs(argv: string[]): {
   return options;
 }
 
-/** Runs one workload in a fresh process; resolves with the JSON line it prints. */
+/** Runs one workload in a fresh process, on a store of agentfleet's or a peer; resolves with the JSON line it prints. */
 function runOnce(workload: string, store: string): Promise<Figures> {
+  const script = ALL_PEERS.includes(store) ? 'peers.js' : 'workloads.js';
   return new Promise((resolve, reject) => {
-    const child = spawn(
-      process.execPath,
-      [join(ROOT, 'dist-bench', 'bench', 'workloads.js'), workload, store],
-      {
-        cwd: ROOT,
-        stdio: ['ignore', 'pipe', 'inherit'],
-        env: { ...process.env, DATABASE_URL: PG_URL },
-      },
-    );
+    const child = spawn(process.execPath, [join(ROOT, 'dist-bench', 'bench', script), workload, store], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, DATABASE_URL: PG_URL, REDIS_URL },
+    });
     let out = '';
     child.stdout.on('data', (chunk: Buffer) => {
       out += chunk.toString('utf8');
@@ -235,6 +248,20 @@ async function postgresVersion(): Promise<string | null> {
   }
 }
 
+async function redisVersion(): Promise<string | null> {
+  const { Redis } = await import('ioredis');
+  const redis = new Redis(REDIS_URL, { lazyConnect: true, connectTimeout: 5000, maxRetriesPerRequest: 0 });
+  redis.on('error', () => undefined);
+  try {
+    await redis.connect();
+    return /redis_version:(\S+)/.exec(await redis.info('server'))?.[1] ?? null;
+  } catch {
+    return null;
+  } finally {
+    redis.disconnect();
+  }
+}
+
 function format(value: number | string | undefined): string {
   if (value === undefined) return '–';
   if (typeof value === 'string') return value;
@@ -282,6 +309,22 @@ if (stores.includes('postgres') && pgVersion === null) {
   console.error(`PostgreSQL is not reachable at ${PG_URL}; skipping the postgres store`);
   stores = stores.filter((s) => s !== 'postgres');
 }
+let peers = options.peers;
+const redisServer = peers.includes('bullmq') ? await redisVersion() : null;
+if (peers.includes('bullmq') && redisServer === null) {
+  console.error(`Redis is not reachable at ${REDIS_URL}; skipping BullMQ`);
+  peers = peers.filter((p) => p !== 'bullmq');
+}
+const gwServer = peers.includes('graphile-worker') ? (pgVersion ?? (await postgresVersion())) : null;
+if (peers.includes('graphile-worker') && gwServer === null) {
+  console.error(`PostgreSQL is not reachable at ${PG_URL}; skipping graphile-worker`);
+  peers = peers.filter((p) => p !== 'graphile-worker');
+}
+/** The table's columns: agentfleet's stores, then the peers. */
+const columns = [...stores, ...peers];
+/** Whether `column` runs `workload`: every store runs every workload; a peer, PEER_WORKLOADS. */
+const runsOn = (workload: string, column: string) =>
+  !peers.includes(column) || PEER_WORKLOADS.includes(workload);
 const memory = new Database(':memory:');
 const sqliteVersion = (memory.prepare('SELECT sqlite_version() AS v').get() as { v: string }).v;
 memory.close();
@@ -296,7 +339,7 @@ const results: Record<string, Record<string, { median: Figures; runs: Figures[] 
 const collected = new Map<string, Figures[]>();
 for (let round = 1; round <= options.runs; round++) {
   for (const workload of options.workloads) {
-    for (const store of stores) {
+    for (const store of columns.filter((c) => runsOn(workload, c))) {
       const key = `${workload}\u0000${store}`;
       const runs = collected.get(key) ?? [];
       collected.set(key, runs);
@@ -313,7 +356,7 @@ for (let round = 1; round <= options.runs; round++) {
 }
 for (const workload of options.workloads) {
   results[workload] = {};
-  for (const store of stores) {
+  for (const store of columns) {
     const runs = collected.get(`${workload}\u0000${store}`) ?? [];
     if (runs.length === 0) continue;
     const entry = { median: medianFigures(runs), runs };
@@ -322,20 +365,20 @@ for (const workload of options.workloads) {
 }
 const loadAfter = os.loadavg();
 
-const header = ['metric', ...stores, 'target (SQLite / PG)', 'BullMQ / graphile-worker'];
+const header = ['metric', ...columns, 'target (SQLite / PG)', "issue 7's BullMQ / graphile-worker"];
 const rows: string[][] = [];
 for (const workload of options.workloads) {
   for (const metric of METRICS[workload] ?? []) {
     rows.push([
       metric.label,
-      ...stores.map((s) => format(results[workload]?.[s]?.median[metric.key])),
+      ...columns.map((s) => format(results[workload]?.[s]?.median[metric.key])),
       metric.target ?? '',
       metric.others ?? '',
     ]);
   }
   rows.push([
     `${workload} peak RSS MB`,
-    ...stores.map((s) => format(results[workload]?.[s]?.median.peak_rss_mb)),
+    ...columns.map((s) => format(results[workload]?.[s]?.median.peak_rss_mb)),
     workload === 'raw' ? '' : '≤ 100',
     workload === 'raw' ? '' : '130 (BullMQ)',
   ]);
@@ -373,6 +416,10 @@ const report = {
     fastify: packageVersion('fastify'),
     undici: packageVersion('undici'),
     typescript: packageVersion('typescript'),
+    ...(peers.includes('bullmq')
+      ? { bullmq: packageVersion('bullmq'), ioredis: packageVersion('ioredis'), redis: redisServer }
+      : {}),
+    ...(peers.includes('graphile-worker') ? { 'graphile-worker': packageVersion('graphile-worker') } : {}),
   },
   git: { commit: git(['rev-parse', 'HEAD']), dirty: git(['status', '--porcelain']).length > 0 },
   stores: {
@@ -380,6 +427,10 @@ const report = {
     'sqlite-normal':
       'SQLite file, WAL, synchronous=NORMAL (durability "normal": survives kill -9, not power loss)',
     postgres: `PostgreSQL ${pgVersion ?? ''} at ${PG_URL.replace(/\/\/[^@]*@/, '//')}, fresh schema per run`,
+  },
+  peers: {
+    bullmq: `BullMQ ${packageVersion('bullmq')} on Redis ${redisServer ?? ''} at ${REDIS_URL} (its persistence is the server's: none on a Redis started with --save "" --appendonly no), a fresh queue per run, removed after it`,
+    'graphile-worker': `graphile-worker ${packageVersion('graphile-worker')} on PostgreSQL ${gwServer ?? ''}, a fresh schema per run, dropped after it; its defaults but concurrency (200)`,
   },
   results,
 };

@@ -17,6 +17,7 @@ import { AgentManager } from '../src/engine/manager.js';
 import type { AgentManagerOptions } from '../src/engine/options.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import type { Store } from '../src/store/store.js';
+import { percentile, round } from './stats.js';
 
 type Figures = Record<string, number | string>;
 const PRIORITY_CYCLE: Priority[] = ['urgent', 'high', 'medium', 'low'];
@@ -88,17 +89,6 @@ async function drain(store: Store, input: Record<string, unknown> | null): Promi
 function cpuMicros(): number {
   const { user, system } = process.cpuUsage();
   return user + system;
-}
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return 0;
-  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[index] ?? 0;
-}
-
-function round(value: number, digits = 2): number {
-  const f = 10 ** digits;
-  return Math.round(value * f) / f;
 }
 
 /** A manager on `store` with big enough limits for the workload. */

@@ -55,6 +55,7 @@ describe('npm run bench, its command line', () => {
       "--workloads: unknown workload 'w9' (workloads: raw, w1-single, w1-concurrent, w2-drain, w2-inputs, w3-io, w4-faults, w5-priority, l-latency, h-http, h-load)",
     ],
     [['--stores', 'mysql'], "--stores: unknown store 'mysql' (stores: sqlite, sqlite-normal, postgres)"],
+    [['--peers', 'bullmq,kafka'], "--peers: unknown peer 'kafka' (peers: bullmq, graphile-worker)"],
     [['--runs', '0'], "--runs must be a whole number of at least 1 (got '0')"],
     [['--runs', '2.5'], "--runs must be a whole number of at least 1 (got '2.5')"],
     [['--out'], '--out needs a value'],
