@@ -193,6 +193,21 @@ const UNANSWERED_LIMIT_MS = 30_000;
 /** The code of the error a call fails with once `unansweredLimitMs` has run out (a connection error). */
 const UNANSWERED_CODE = 'AGENTFLEET_UNANSWERED';
 
+/** The newest migration this agentfleet knows. */
+const KNOWN_VERSION = POSTGRES_MIGRATIONS.at(-1)?.version ?? 0;
+/**
+ * The wake channel's payload that says a process has migrated the schema: `schema:<newest version>`. A
+ * process that knows fewer migrations stops writing (see `PostgresStore.schemaChanged`).
+ */
+const SCHEMA_PAYLOAD = 'schema:';
+
+/** Why this agentfleet must not write to a schema migrated to `newest`; undefined when it may. */
+function newerSchema(newest: number): string | undefined {
+  return newest > KNOWN_VERSION
+    ? `database schema version ${newest} is newer than this agentfleet knows (${KNOWN_VERSION})`
+    : undefined;
+}
+
 /** How an operation talks to the database, which decides what may be retried after an error. */
 type Mode =
   /** Reads: safe to run again after a dropped connection. */
@@ -411,6 +426,8 @@ export class PostgresStore implements Store {
    */
   private readonly heldLeases = new Map<string, string>();
   private state: 'open' | 'closing' | 'closed' = 'open';
+  /** Set once a newer agentfleet has migrated the schema while this process ran: why writes are refused. */
+  private outdated: string | undefined;
   private closing: Promise<void> | null = null;
 
   /**
@@ -524,13 +541,9 @@ export class PostgresStore implements Store {
     let store: PostgresStore | undefined;
     try {
       const target = schema ?? (await currentSchema(sql));
-      await migrate(sql, target, schema !== undefined);
-      store = new PostgresStore(
-        sql,
-        `agentfleet_wake_${target}`.slice(0, 63),
-        abandonedWaitMs,
-        unansweredLimitMs,
-      );
+      const channel = `agentfleet_wake_${target}`.slice(0, 63);
+      await migrate(sql, target, schema !== undefined, channel);
+      store = new PostgresStore(sql, channel, abandonedWaitMs, unansweredLimitMs);
       const opened = store;
       onClose = () => opened.connectionClosed();
       await store.listen();
@@ -621,13 +634,42 @@ export class PostgresStore implements Store {
     await this.sql.listen(
       this.channel,
       (payload) => {
-        if (payload !== this.instanceId) this.wake();
+        if (payload.startsWith(SCHEMA_PAYLOAD))
+          this.schemaChanged(Number(payload.slice(SCHEMA_PAYLOAD.length)));
+        else if (payload !== this.instanceId) this.wake();
       },
       () => {
-        // Called on every (re)subscription; after the first, wake-ups may have been lost while it was down.
-        if (listening) this.wake();
+        // Called on every (re)subscription; after the first, wake-ups (a migration's too) may have been
+        // lost while it was down.
+        if (listening) {
+          this.wake();
+          this.recheckSchema();
+        }
         listening = true;
       },
+    );
+  }
+
+  /**
+   * Another process migrated the schema to `newest`: past what this agentfleet knows, this process stops
+   * writing (every operation but a read fails with StoreUnavailableError, saying why), so that it does
+   * not write under rules the new schema no longer keeps. Migrations so far keep the previous version's
+   * functions, so older processes may keep running beside newer ones; a migration that cannot notifies
+   * them this way (`migrate` sends it after applying anything).
+   */
+  private schemaChanged(newest: number): void {
+    const newer = Number.isSafeInteger(newest) ? newerSchema(newest) : undefined;
+    if (newer !== undefined && this.outdated === undefined) {
+      this.outdated = `${newer}: a newer agentfleet upgraded this database while this process ran; restart this process with it`;
+      process.emitWarning(`agentfleet: ${this.outdated}`);
+    }
+  }
+
+  /** Reads the newest applied migration (after the notification connection was down), then `schemaChanged`. */
+  private recheckSchema(): void {
+    this.run('read', async (db) => (await q.appliedVersions(db)).at(-1) ?? 0).then(
+      (newest) => this.schemaChanged(newest),
+      () => undefined, // the next resubscription reads it again
     );
   }
 
@@ -649,6 +691,7 @@ export class PostgresStore implements Store {
   private async run<T>(mode: Mode, fn: (db: Db) => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       if (this.state !== 'open') throw new StoreUnavailableError('the task store is closed');
+      if (this.outdated !== undefined && mode !== 'read') throw new StoreUnavailableError(this.outdated);
       try {
         if (mode === 'tx') return await this.transaction(fn);
         return await this.statement(fn);
@@ -1329,24 +1372,21 @@ async function currentSchema(sql: Pool): Promise<string> {
  * Applies pending migrations, each in its own transaction under an advisory lock keyed by the schema,
  * so processes starting together apply each exactly once (the others wait, then see it recorded).
  */
-async function migrate(sql: Pool, schema: string, createSchema: boolean): Promise<void> {
-  const known = POSTGRES_MIGRATIONS.at(-1)?.version ?? 0;
+async function migrate(sql: Pool, schema: string, createSchema: boolean, channel: string): Promise<void> {
   for (const migration of POSTGRES_MIGRATIONS) {
     await sql.begin(async (tx) => {
       await q.lockMigrations(tx, schema);
       if (createSchema) await q.createSchema(tx, schema);
       await q.createMigrationsTable(tx);
       const applied = await q.appliedVersions(tx);
-      const newest = applied.at(-1) ?? 0;
-      if (newest > known) {
-        throw new StoreUnavailableError(
-          `database schema version ${newest} is newer than this agentfleet knows (${known}); upgrade agentfleet`,
-        );
-      }
+      const newer = newerSchema(applied.at(-1) ?? 0);
+      if (newer !== undefined) throw new StoreUnavailableError(`${newer}; upgrade agentfleet`);
       // Re-checked under the lock: another process may have applied it while we waited.
       if (applied.includes(migration.version)) return;
       await q.runMigrationSql(tx, migration.sql);
       await q.recordMigration(tx, migration.version, migration.name, Date.now());
+      // Delivered at commit: processes of an older agentfleet on this schema stop writing.
+      await q.notify(tx, channel, `${SCHEMA_PAYLOAD}${migration.version}`);
     });
   }
 }

@@ -336,6 +336,50 @@ describe('PostgresStore specifics', () => {
     expect(outcome?.ok).toBe(true);
   });
 
+  it('tells the processes on its schema each migration it applies', async () => {
+    schema = freshSchemaName('tell');
+    const channel = `agentfleet_wake_${schema}`.slice(0, 63);
+    const payloads: string[] = [];
+    await withAdminSql(databaseUrl(), async (sql) => {
+      const listening = await sql.listen(channel, (payload) => payloads.push(payload));
+      await connect();
+      const newest = Math.max(...POSTGRES_MIGRATIONS.map((m) => m.version));
+      await waitFor(() => payloads.includes(`schema:${newest}`), 'the newest migration to be notified');
+      await listening.unlisten();
+    });
+    expect(payloads).toEqual(POSTGRES_MIGRATIONS.map((m) => `schema:${m.version}`));
+  });
+
+  it('stops writing once a newer agentfleet migrates the schema while it runs, and still reads', async () => {
+    schema = freshSchemaName('newer');
+    const store = await connect();
+    await store.submitBatch([task('before')], LIMITS);
+    const next = Math.max(...POSTGRES_MIGRATIONS.map((m) => m.version)) + 1;
+    // A newer agentfleet's migration, as its `migrate` records and announces it.
+    await withAdminSql(databaseUrl(), (sql) =>
+      sql.begin(async (tx) => {
+        await tx.unsafe(`SET LOCAL search_path TO "${schema}"`);
+        await q.recordMigration(tx as unknown as q.Db, next, 'from a newer version', T0);
+        await q.notify(tx as unknown as q.Db, `agentfleet_wake_${schema}`.slice(0, 63), `schema:${next}`);
+      }),
+    );
+    const refused = new RegExp(
+      `^database schema version ${next} is newer than this agentfleet knows \\(${next - 1}\\): a newer agentfleet upgraded`,
+    );
+    let attempt = 0;
+    await waitFor(
+      () =>
+        store.submitBatch([task(`after-${++attempt}`)], LIMITS).then(
+          () => false,
+          (error: unknown) => error instanceof StoreUnavailableError && refused.test(error.message),
+        ),
+      'the store to refuse a submit',
+    );
+    await expect(store.leaseBatch(leaseRequest('p', 1, () => 'agent-1'))).rejects.toThrow(refused);
+    await expect(store.heartbeat('p', T0 + 2000, 30_000)).rejects.toThrow(refused);
+    expect((await store.getTask('before', null))?.status).toBe('queued');
+  });
+
   it('opens its pool warmed, and the warm-up leaves nothing behind', async () => {
     schema = freshSchemaName('warm');
     const listener = await connect({ warmConnections: 0 });
