@@ -90,7 +90,7 @@ import type {
   TaskPage,
   TypeStats,
 } from './store.js';
-import { NO_ADMISSION_LIMITS, rehearsal, SPEC_BREAKER_RULES } from './store.js';
+import { NO_ADMISSION_LIMITS, newerSchema, rehearsal, SPEC_BREAKER_RULES, writesRefused } from './store.js';
 import { DEFAULT_POSTGRES_POOL_SIZE, DEFAULT_POSTGRES_WARM_CONNECTIONS } from './tuning.js';
 import {
   decodeCursor,
@@ -200,13 +200,6 @@ const KNOWN_VERSION = POSTGRES_MIGRATIONS.at(-1)?.version ?? 0;
  * process that knows fewer migrations stops writing (see `PostgresStore.schemaChanged`).
  */
 const SCHEMA_PAYLOAD = 'schema:';
-
-/** Why this agentfleet must not write to a schema migrated to `newest`; undefined when it may. */
-function newerSchema(newest: number): string | undefined {
-  return newest > KNOWN_VERSION
-    ? `database schema version ${newest} is newer than this agentfleet knows (${KNOWN_VERSION})`
-    : undefined;
-}
 
 /** How an operation talks to the database, which decides what may be retried after an error. */
 type Mode =
@@ -658,9 +651,9 @@ export class PostgresStore implements Store {
    * them this way (`migrate` sends it after applying anything).
    */
   private schemaChanged(newest: number): void {
-    const newer = Number.isSafeInteger(newest) ? newerSchema(newest) : undefined;
+    const newer = Number.isSafeInteger(newest) ? newerSchema(newest, KNOWN_VERSION) : undefined;
     if (newer !== undefined && this.outdated === undefined) {
-      this.outdated = `${newer}: a newer agentfleet upgraded this database while this process ran; restart this process with it`;
+      this.outdated = writesRefused(newer);
       process.emitWarning(`agentfleet: ${this.outdated}`);
     }
   }
@@ -1379,7 +1372,7 @@ async function migrate(sql: Pool, schema: string, createSchema: boolean, channel
       if (createSchema) await q.createSchema(tx, schema);
       await q.createMigrationsTable(tx);
       const applied = await q.appliedVersions(tx);
-      const newer = newerSchema(applied.at(-1) ?? 0);
+      const newer = newerSchema(applied.at(-1) ?? 0, KNOWN_VERSION);
       if (newer !== undefined) throw new StoreUnavailableError(`${newer}; upgrade agentfleet`);
       // Re-checked under the lock: another process may have applied it while we waited.
       if (applied.includes(migration.version)) return;

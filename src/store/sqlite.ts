@@ -48,7 +48,7 @@ import {
   type TaskView,
 } from '../domain/task.js';
 import { type AgentResult, applySettlement, type StatsDelta } from './settle-rules.js';
-import { migrate, newerSchema } from './sqlite/migrations.js';
+import { migrate, newerFileSchema } from './sqlite/migrations.js';
 import {
   type AgentRow,
   type AttemptRow,
@@ -101,7 +101,7 @@ import type {
   TaskPage,
   TypeStats,
 } from './store.js';
-import { NO_ADMISSION_LIMITS, rehearsal, SPEC_BREAKER_RULES } from './store.js';
+import { NO_ADMISSION_LIMITS, rehearsal, SPEC_BREAKER_RULES, writesRefused } from './store.js';
 import { DEFAULT_SQLITE_CACHE_KIB } from './tuning.js';
 import {
   decodeCursor,
@@ -259,12 +259,8 @@ export class SqliteStore implements Store {
   private checkSchema(): void {
     const cookie = this.schemaCookie.get() as number;
     if (cookie === this.checkedCookie) return;
-    const newer = newerSchema(this.db);
-    if (newer !== undefined) {
-      throw new StoreUnavailableError(
-        `${newer}: a newer agentfleet upgraded this database while this process ran; restart this process with it`,
-      );
-    }
+    const newer = newerFileSchema(this.db);
+    if (newer !== undefined) throw new StoreUnavailableError(writesRefused(newer));
     this.checkedCookie = cookie;
   }
 

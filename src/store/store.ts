@@ -203,6 +203,23 @@ export interface HealthRules {
 /** The spec's breaker rules: 5 consecutive failures, 60 s open. */
 export const SPEC_BREAKER_RULES: BreakerRules = { threshold: 5, timeoutMs: 60_000 };
 
+/**
+ * Why an agentfleet that knows the migrations up to `known` must not use a database migrated up to
+ * `newest`: a newer agentfleet has migrated it, and this one's statements may write what the newer
+ * schema no longer expects. Undefined when it may. Both stores refuse to open such a database (`; upgrade
+ * agentfleet`) and, once it happens while they run, every write (`writesRefused`).
+ */
+export function newerSchema(newest: number, known: number): string | undefined {
+  return newest > known
+    ? `database schema version ${newest} is newer than this agentfleet knows (${known})`
+    : undefined;
+}
+
+/** The refusal of a write to a database that a newer agentfleet migrated while this process ran. */
+export function writesRefused(newer: string): string {
+  return `${newer}: a newer agentfleet upgraded this database while this process ran; restart this process with it`;
+}
+
 /** Admission limits that refuse nothing. */
 export const NO_ADMISSION_LIMITS: AdmissionLimits = {
   queueCapacity: Number.MAX_SAFE_INTEGER,

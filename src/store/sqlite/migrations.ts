@@ -7,6 +7,7 @@
  */
 import type Database from 'better-sqlite3';
 import { StoreUnavailableError } from '../../domain/errors.js';
+import { newerSchema } from '../store.js';
 
 /** One schema change. */
 export interface SqliteMigration {
@@ -323,16 +324,10 @@ DROP TRIGGER tasks_count_insert;
 /** The newest migration this agentfleet knows. */
 const KNOWN_VERSION = SQLITE_MIGRATIONS.at(-1)?.version ?? 0;
 
-/**
- * Why this agentfleet must not use `db`: a newer one has migrated it past the migrations this one knows
- * (its statements would write what the newer schema no longer expects, e.g. tasks the counters miss).
- * Undefined when it may.
- */
-export function newerSchema(db: Database.Database): string | undefined {
+/** `newerSchema` of the file `db` (e.g. tasks this agentfleet inserts that a newer one's counters miss). */
+export function newerFileSchema(db: Database.Database): string | undefined {
   const newest = db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null };
-  return (newest.v ?? 0) > KNOWN_VERSION
-    ? `database schema version ${newest.v} is newer than this agentfleet knows (${KNOWN_VERSION})`
-    : undefined;
+  return newerSchema(newest.v ?? 0, KNOWN_VERSION);
 }
 
 /** Applies pending migrations, each in its own BEGIN IMMEDIATE transaction so concurrent openers apply it once. */
@@ -342,7 +337,7 @@ export function migrate(db: Database.Database): void {
   );
   const applied = db.prepare('SELECT version FROM schema_migrations WHERE version = ?');
   const record = db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)');
-  const newer = newerSchema(db);
+  const newer = newerFileSchema(db);
   if (newer !== undefined) throw new StoreUnavailableError(`${newer}; upgrade agentfleet`);
   for (const migration of SQLITE_MIGRATIONS) {
     db.transaction(() => {
