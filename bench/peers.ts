@@ -10,9 +10,7 @@
  * commits each add with PostgreSQL's synchronous commit.
  */
 import type { Priority } from '../src/domain/task.js';
-import { percentile, round } from './stats.js';
-
-type Figures = Record<string, number | string>;
+import { DESCRIPTION, type Figures, PRIORITY_CYCLE, percentile, round } from './shared.js';
 
 /** What a handler is given: the job's name (unique in a workload) and its priority. */
 interface PeerJob {
@@ -31,10 +29,13 @@ interface PeerQueue {
   close(): Promise<void>;
 }
 
-const PRIORITY_CYCLE: Priority[] = ['urgent', 'high', 'medium', 'low'];
 /** Priorities as both peers take them: a lower number runs first. */
 const PRIORITY_RANK: Record<Priority, number> = { urgent: 1, high: 2, medium: 3, low: 4 };
-const DESCRIPTION = 'Generate a function that parses ISO 8601 durations and returns milliseconds; add tests.';
+
+/** A job's payload, as both peers carry it: what the handler is given, and W1's description. */
+function payload(job: PeerJob): PeerJob & { description: string } {
+  return { name: job.name, priority: job.priority, description: DESCRIPTION };
+}
 
 async function bullmq(): Promise<PeerQueue> {
   const { Queue, Worker } = await import('bullmq');
@@ -47,13 +48,13 @@ async function bullmq(): Promise<PeerQueue> {
   const opts = (job: PeerJob) => (job.priority ? { priority: PRIORITY_RANK[job.priority] } : {});
   return {
     async add(job) {
-      await queue.add('job', { name: job.name, priority: job.priority, description: DESCRIPTION }, opts(job));
+      await queue.add('job', payload(job), opts(job));
     },
     async addMany(jobs) {
       await queue.addBulk(
         jobs.map((job) => ({
           name: 'job',
-          data: { name: job.name, priority: job.priority, description: DESCRIPTION },
+          data: payload(job),
           opts: opts(job),
         })),
       );
@@ -82,7 +83,7 @@ async function graphileWorker(): Promise<PeerQueue> {
   let runner: Awaited<ReturnType<typeof run>> | null = null;
   const spec = (job: PeerJob) => ({
     identifier: 'job',
-    payload: { name: job.name, priority: job.priority, description: DESCRIPTION },
+    payload: payload(job),
     ...(job.priority ? { priority: PRIORITY_RANK[job.priority] } : {}),
   });
   return {

@@ -18,8 +18,7 @@ import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-
-type Figures = Record<string, number | string>;
+import type { Figures } from './shared.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const ALL_WORKLOADS = [

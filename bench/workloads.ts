@@ -12,16 +12,11 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { seededRandom } from '../src/domain/clock.js';
 import { TaskFailedError } from '../src/domain/errors.js';
-import type { Priority } from '../src/domain/task.js';
 import { AgentManager } from '../src/engine/manager.js';
 import type { AgentManagerOptions } from '../src/engine/options.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import type { Store } from '../src/store/store.js';
-import { percentile, round } from './stats.js';
-
-type Figures = Record<string, number | string>;
-const PRIORITY_CYCLE: Priority[] = ['urgent', 'high', 'medium', 'low'];
-const DESCRIPTION = 'Generate a function that parses ISO 8601 durations and returns milliseconds; add tests.';
+import { DESCRIPTION, type Figures, PRIORITY_CYCLE, percentile, round } from './shared.js';
 
 /** A fresh store of the given kind and its disposal. */
 async function openBenchStore(kind: string): Promise<{ store: Store; dispose: () => Promise<void> }> {
